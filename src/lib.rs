@@ -1,0 +1,45 @@
+//! # palisade
+//!
+//! Resilience middleware for [Tower](https://docs.rs/tower): calls that move money survive
+//! faults, and say what went wrong.
+//!
+//! The crate is built around two shared ideas that every layer uses:
+//!
+//! - [`classify`]: one verdict on every outcome (success, transient or persistent failure, of
+//!   which category and severity, with a stable code and an optional retry-after), so retry,
+//!   circuit breaker and metrics never disagree on what a failure is.
+//! - [`policy`]: named per-operation policies (`api_call`, `database_operation`, ...) with
+//!   defaults and inheritance, loaded from YAML, validated with errors that name the field,
+//!   the line and the fix.
+//!
+//! ```
+//! use palisade::policy::Policies;
+//! use std::time::Duration;
+//!
+//! let policies = Policies::from_yaml_str(r#"
+//! defaults:
+//!   timeout: { total: 30s, attempt: 10s }
+//! policies:
+//!   api_call:
+//!     timeout: { total: 10s }
+//!   database_operation:
+//!     extends: api_call
+//!     retry: { max_retries: 5, base_delay: 50ms, max_delay: 2s }
+//! routes:
+//!   "POST /v1/transfers": database_operation
+//! "#).unwrap();
+//!
+//! let transfers = policies.for_route("POST", "/v1/transfers");
+//! assert_eq!(transfers.name(), "database_operation");
+//! assert_eq!(transfers.timeout.total, Duration::from_secs(10)); // from api_call
+//! assert_eq!(transfers.timeout.attempt, Duration::from_secs(10)); // from defaults
+//! assert_eq!(transfers.retry.max_retries, 5);
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod error;
+pub mod policy;
+
+pub use error::Error;
