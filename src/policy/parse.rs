@@ -200,7 +200,12 @@ pub(crate) fn did_you_mean<'k>(typed: &str, known: &[&'k str]) -> Option<&'k str
     let typed = typed.to_ascii_lowercase();
     known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(&typed, k), *k))
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&typed, &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
