@@ -43,3 +43,8 @@ pub mod error;
 pub mod policy;
 
 pub use error::Error;
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -17,7 +17,7 @@
 //! # Classifiers
 //!
 //! A classifier implements [`Classify`]. It may have no opinion on an outcome (it returns
-//! `None`): classifiers compose with [`Classify::or`], the first that has an opinion wins, and
+//! `None`): classifiers compose with [`ClassifyExt::or`], the first that has an opinion wins, and
 //! [`Classify::outcome`] falls back to "`Ok` is a success, `Err` is an unknown failure".
 //!
 //! | classifier | looks at | module |
@@ -356,7 +356,7 @@ impl Outcome {
 /// Turns the result of a call into an [`Outcome`].
 ///
 /// `classify` returns `None` when this classifier has no opinion, so classifiers compose:
-/// `a.or(b)` asks `a` first and `b` only when `a` abstains. Layers call [`outcome`], which
+/// [`a.or(b)`](ClassifyExt::or) asks `a` first and `b` only when `a` abstains. Layers call [`outcome`], which
 /// falls back to [`Outcome::fallback`] when every classifier abstains.
 ///
 /// Closures implement this trait: any `Fn(Result<&Res, &Err>) -> O` where `O` is `Outcome` or
@@ -378,16 +378,18 @@ pub trait Classify<Res, Err> {
             None => Outcome::fallback(result.is_ok()),
         }
     }
+}
 
+/// Combinators on classifiers, for every type (like `FutureExt`), so `a.or(b)` needs no type
+/// annotations even when `a` classifies several response types.
+pub trait ClassifyExt: Sized {
     /// Asks `self` first, then `next` when `self` has no opinion.
-    fn or<Next>(self, next: Next) -> Or<Self, Next>
-    where
-        Self: Sized,
-        Next: Classify<Res, Err>,
-    {
+    fn or<Next>(self, next: Next) -> Or<Self, Next> {
         Or { first: self, next }
     }
 }
+
+impl<T> ClassifyExt for T {}
 
 impl<F, Res, Err, O> Classify<Res, Err> for F
 where
@@ -419,7 +421,7 @@ where
     f
 }
 
-/// Two classifiers in order: the first opinion wins. Built by [`Classify::or`].
+/// Two classifiers in order: the first opinion wins. Built by [`ClassifyExt::or`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Or<First, Next> {
     first: First,

@@ -101,10 +101,10 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Option<Classification> 
 #[allow(unused_variables)] // `err` is unused when neither hyper nor reqwest is enabled.
 fn classify_wrapper(err: &(dyn StdError + 'static)) -> Option<Classification> {
     #[cfg(feature = "hyper")]
-    if let Some(err) = err.downcast_ref::<hyper::Error>() {
-        if let Some(class) = classify_hyper(err) {
-            return Some(class);
-        }
+    if let Some(err) = err.downcast_ref::<hyper::Error>()
+        && let Some(class) = classify_hyper(err)
+    {
+        return Some(class);
     }
     #[cfg(feature = "reqwest")]
     if let Some(err) = err.downcast_ref::<reqwest::Error>() {

@@ -519,10 +519,8 @@ pub(crate) fn policy_patch(
     if let Some(n) = s.take("enabled") {
         patch.enabled = r.boolean(n, &s.child("enabled"));
     }
-    if allow_extends {
-        if let Some(n) = s.take("extends") {
-            patch.extends = r.string(n, &s.child("extends"));
-        }
+    if allow_extends && let Some(n) = s.take("extends") {
+        patch.extends = r.string(n, &s.child("extends"));
     }
     if let Some(n) = s.take("timeout") {
         patch.timeout = timeout_patch(n, &s.child("timeout"), &mut r);

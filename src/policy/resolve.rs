@@ -112,26 +112,26 @@ fn read_document(root: &Node, issues: &mut Issues) -> Policies {
 
     // Each policy as written, keyed by name.
     let mut written: BTreeMap<String, (PolicyPatch, Origin)> = BTreeMap::new();
-    if let Some(n) = doc.take("policies") {
-        if let Some(mut section) = Section::open(n, "policies", issues) {
-            for (key, node) in section.take_all() {
-                let path = format!("policies.{}", key.name);
-                if !valid_operation_name(&key.name) {
-                    issues.push(
+    if let Some(n) = doc.take("policies")
+        && let Some(mut section) = Section::open(n, "policies", issues)
+    {
+        for (key, node) in section.take_all() {
+            let path = format!("policies.{}", key.name);
+            if !valid_operation_name(&key.name) {
+                issues.push(
                         IssueKind::OutOfRange,
                         &path,
                         &key.origin,
                         format!("`{}` is not a valid operation name", key.name),
                         "use 1 to 64 letters, digits, `_`, `-`, `.` or `:` (it becomes a metrics label)",
                     );
-                    continue;
-                }
-                let patch =
-                    parse::policy_patch(node, &path, Arc::from(key.name.as_str()), true, issues);
-                written.insert(key.name.clone(), (patch, key.origin.clone()));
+                continue;
             }
-            section.finish(issues);
+            let patch =
+                parse::policy_patch(node, &path, Arc::from(key.name.as_str()), true, issues);
+            written.insert(key.name.clone(), (patch, key.origin.clone()));
         }
+        section.finish(issues);
     }
 
     let resolved_defaults = resolve_policy("defaults", &[&defaults], "defaults", issues);
@@ -477,21 +477,21 @@ fn read_routes(node: &Node, out: &mut Policies, issues: &mut Issues) {
             Some((m, p)) => (Some(m.trim()), p.trim()),
             None => (None, route),
         };
-        if let Some(m) = method {
-            if !METHODS.contains(&m) {
-                let fix = match parse::did_you_mean(&m.to_ascii_uppercase(), METHODS) {
-                    Some(near) => format!("did you mean `{near} {route_path}`?"),
-                    None => format!("use one of {} before the path", METHODS.join(", ")),
-                };
-                issues.push(
-                    IssueKind::OutOfRange,
-                    &path,
-                    &key.origin,
-                    format!("`{m}` is not an HTTP method"),
-                    fix,
-                );
-                continue;
-            }
+        if let Some(m) = method
+            && !METHODS.contains(&m)
+        {
+            let fix = match parse::did_you_mean(&m.to_ascii_uppercase(), METHODS) {
+                Some(near) => format!("did you mean `{near} {route_path}`?"),
+                None => format!("use one of {} before the path", METHODS.join(", ")),
+            };
+            issues.push(
+                IssueKind::OutOfRange,
+                &path,
+                &key.origin,
+                format!("`{m}` is not an HTTP method"),
+                fix,
+            );
+            continue;
         }
         if !route_path.starts_with('/') || route_path.contains(char::is_whitespace) {
             issues.push(
