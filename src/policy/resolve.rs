@@ -111,7 +111,7 @@ fn read_document(root: &Node, issues: &mut Issues) -> Policies {
     };
 
     // Each policy as written, keyed by name.
-    let mut written: BTreeMap<String, (PolicyPatch, Origin)> = BTreeMap::new();
+    let mut written: BTreeMap<String, PolicyPatch> = BTreeMap::new();
     if let Some(n) = doc.take("policies")
         && let Some(mut section) = Section::open(n, "policies", issues)
     {
@@ -119,17 +119,17 @@ fn read_document(root: &Node, issues: &mut Issues) -> Policies {
             let path = format!("policies.{}", key.name);
             if !valid_operation_name(&key.name) {
                 issues.push(
-                        IssueKind::OutOfRange,
-                        &path,
-                        &key.origin,
-                        format!("`{}` is not a valid operation name", key.name),
-                        "use 1 to 64 letters, digits, `_`, `-`, `.` or `:` (it becomes a metrics label)",
-                    );
+                    IssueKind::OutOfRange,
+                    &path,
+                    &key.origin,
+                    format!("`{}` is not a valid operation name", key.name),
+                    "use 1-64 letters, digits, `_`, `-`, `.` or `:` (it is a metrics label)",
+                );
                 continue;
             }
             let patch =
                 parse::policy_patch(node, &path, Arc::from(key.name.as_str()), true, issues);
-            written.insert(key.name.clone(), (patch, key.origin.clone()));
+            written.insert(key.name.clone(), patch);
         }
         section.finish(issues);
     }
@@ -139,7 +139,7 @@ fn read_document(root: &Node, issues: &mut Issues) -> Policies {
 
     for name in written.keys() {
         let chain = extends_chain(name, &written, issues);
-        let mut patches: Vec<&PolicyPatch> = chain.iter().map(|n| &written[n].0).collect();
+        let mut patches: Vec<&PolicyPatch> = chain.iter().map(|n| &written[n]).collect();
         patches.push(&defaults);
         let policy = resolve_policy(name, &patches, &format!("policies.{name}"), issues);
         out.operations
@@ -168,12 +168,12 @@ fn valid_operation_name(name: &str) -> bool {
 /// (a cycle once, at the alphabetically first policy in it) and ends the chain.
 fn extends_chain(
     name: &str,
-    written: &BTreeMap<String, (PolicyPatch, Origin)>,
+    written: &BTreeMap<String, PolicyPatch>,
     issues: &mut Issues,
 ) -> Vec<String> {
     let mut chain = vec![name.to_owned()];
     let mut current = name;
-    while let Some(ext) = &written[current].0.extends {
+    while let Some(ext) = &written[current].extends {
         let target = ext.value.as_str();
         let path = format!("policies.{current}.extends");
         if !written.contains_key(target) {
@@ -204,7 +204,7 @@ fn extends_chain(
             if cycle.iter().any(|n| n == name) && first == name {
                 let mut shown: Vec<&str> = cycle.iter().map(String::as_str).collect();
                 shown.push(target);
-                let origin = written[first].0.extends.as_ref().map(|e| e.origin.clone());
+                let origin = written[first].extends.as_ref().map(|e| e.origin.clone());
                 issues.push(
                     IssueKind::Cycle,
                     format!("policies.{first}.extends"),
@@ -278,30 +278,27 @@ fn resolve_policy(name: &str, patches: &[&PolicyPatch], path: &str, issues: &mut
     let total = pick(patches, |p| &p.timeout.total, t.total);
     let mut attempt = pick(patches, |p| &p.timeout.attempt, t.attempt);
     if attempt.value > total.value {
-        if attempt.rank <= total.rank {
-            // The attempt limit was written at least as specifically as the total: a mistake.
-            if attempt.rank == 0 || total.rank == 0 {
-                issues.push(
-                    IssueKind::Inconsistent,
-                    format!("{path}.timeout.attempt"),
-                    &attempt.origin(),
-                    format!(
-                        "attempt timeout {} is longer than the total timeout {} (from {})",
-                        fmt_d(attempt.value),
-                        fmt_d(total.value),
-                        total.source()
-                    ),
-                    format!(
-                        "lower attempt to at most {}, or raise total",
-                        fmt_d(total.value)
-                    ),
-                );
-            }
-        } else {
-            // A shorter total written more specifically than an inherited attempt limit
-            // (`total: 2s` under `defaults.timeout.attempt: 10s`): the attempt gets the total.
-            attempt.value = total.value;
+        // Written at least as specifically as the total, a longer attempt limit is a mistake
+        // (reported by the section that wrote one of the two). Inherited from further away
+        // (`total: 2s` under `defaults.timeout.attempt: 10s`), it is cut to the total.
+        if attempt.rank <= total.rank && (attempt.rank == 0 || total.rank == 0) {
+            issues.push(
+                IssueKind::Inconsistent,
+                format!("{path}.timeout.attempt"),
+                &attempt.origin(),
+                format!(
+                    "attempt timeout {} is longer than the total timeout {} (from {})",
+                    fmt_d(attempt.value),
+                    fmt_d(total.value),
+                    total.source()
+                ),
+                format!(
+                    "lower attempt to at most {}, or raise total",
+                    fmt_d(total.value)
+                ),
+            );
         }
+        attempt.value = total.value;
     }
 
     let base_delay = pick(patches, |p| &p.retry.base_delay, r.base_delay);
