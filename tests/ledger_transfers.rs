@@ -288,3 +288,51 @@ async fn business_failures_post_nothing_and_never_reach_the_gateway() {
     assert_eq!(h.get("/v1/accounts/nobody").await.status, 404);
     assert_eq!(h.get("/health/ready").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gateway_is_a_transient_transport_failure_and_is_compensated() {
+    // A port nobody listens on: the connection is refused.
+    let closed = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let ledger = app::Ledger::open(app::LedgerConfig {
+        db: DbConfig::memory(),
+        gateway_url: url,
+        policies: ledger_support::policies(),
+    })
+    .unwrap();
+    ledger
+        .create_account(Some("alice".into()), None, 1_000)
+        .await
+        .unwrap();
+    ledger
+        .create_account(Some("bob".into()), None, 0)
+        .await
+        .unwrap();
+    let reply = ledger
+        .transfer(
+            app::transfers::TransferRequest {
+                from: "alice".into(),
+                to: "bob".into(),
+                amount: 100,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], "io_connection_refused");
+    assert_eq!(reply.body["error"]["transience"], "transient");
+    assert_eq!(reply.body["transfer"]["state"], "ROLLED_BACK");
+    let retries = ledger.gateway.policy().retry.max_retries;
+    assert_eq!(reply.body["error"]["attempts"], retries + 1);
+    assert_eq!(ledger.account("alice").await.unwrap().balance, 1_000);
+    let stats = ledger.gateway.stats();
+    // The payment attempts and the look-up attempts all failed to connect.
+    assert_eq!(
+        stats.failures_by_code.get("io_connection_refused").copied(),
+        Some(2 * u64::from(retries + 1))
+    );
+}

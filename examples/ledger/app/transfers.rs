@@ -306,9 +306,61 @@ impl Ledger {
             transfer_id = %id,
             idempotency_key = idempotency_key.as_deref().unwrap_or(""),
         );
-        self.transfer_inner(id, request, idempotency_key)
-            .instrument(span)
-            .await
+        let result = self
+            .transfer_inner(id.clone(), request, idempotency_key)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result
+            && e.classification().is_transient()
+        {
+            self.release_unposted(&id, e).instrument(span).await;
+        }
+        result
+    }
+
+    /// After a transient failure (the database stayed busy past its retries) before any
+    /// money moved, ends the transfer in FAILED and frees its idempotency key, so the client
+    /// can retry with the same key. A transfer that was already debited is left for
+    /// [`Ledger::recover_transfers`], which knows how to finish it.
+    async fn release_unposted(&self, id: &str, error: &LedgerError) {
+        let (tid, code, message) = (
+            id.to_owned(),
+            error.classification().code.to_string(),
+            error.to_string(),
+        );
+        let released = self
+            .db
+            .write("release_transfer", move |tx| {
+                let state: Option<String> = tx
+                    .query_row("SELECT state FROM transfers WHERE id = ?1", [&tid], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(LedgerError::db("release_transfer"))?;
+                let Some(from) = state.as_deref().and_then(TransferState::parse) else {
+                    return Ok(None);
+                };
+                if !matches!(from, TransferState::Created | TransferState::Validated) {
+                    return Ok(None);
+                }
+                tx.execute(
+                    "UPDATE transfers SET idempotency_key = NULL, error_code = ?1, error_message = ?2,
+                     response_status = 503, response_body = ?3 WHERE id = ?4",
+                    params![code, message, json!({ "error": { "code": code, "message": message } }).to_string(), tid],
+                )
+                .map_err(LedgerError::db("release_transfer"))?;
+                transition(tx, &tid, Some(from), TransferState::Failed, Some(&code))?;
+                Ok(Some(from))
+            })
+            .await;
+        match released {
+            Ok(Some(from)) => {
+                self.record(id, Some(from), TransferState::Failed);
+                tracing::warn!("nothing was posted; the idempotency key is free for a retry");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not release the transfer; recovery will"),
+        }
     }
 
     async fn transfer_inner(
