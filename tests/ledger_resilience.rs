@@ -206,6 +206,11 @@ fn every_ledger_error_classifies_with_its_http_status() {
             (Transient, User, Low, "idempotency_in_progress"),
             409,
         ),
+        (
+            LedgerError::ShuttingDown,
+            (Transient, System, Low, "shutting_down"),
+            503,
+        ),
     ];
     for (err, (t, c, s, code), status) in cases {
         let class = err.classification();

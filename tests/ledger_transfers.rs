@@ -336,3 +336,46 @@ async fn an_unreachable_gateway_is_a_transient_transport_failure_and_is_compensa
         Some(2 * u64::from(retries + 1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_transfer_does_not_strand_its_money() {
+    let h = start(
+        SimulatorConfig {
+            failure_rate: 0.0,
+            latency: Duration::from_millis(300),
+            seed: 9,
+        },
+        DbConfig::memory(),
+    )
+    .await;
+    h.open("alice", 10_000).await;
+    h.open("bob", 0).await;
+    // The client gives up while the ledger waits for the gateway (after the debit).
+    let impatient = h
+        .http
+        .post(format!("{}/v1/transfers", h.server.url()))
+        .header("idempotency-key", "hang-up")
+        .timeout(Duration::from_millis(50))
+        .json(&serde_json::json!({ "from": "alice", "to": "bob", "amount": 700 }))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client timed out");
+
+    // The transfer goes on without it; retrying with the key eventually replays the answer
+    // (409 while it is still running). Polling only waits; it asserts no timing.
+    let mut last = None;
+    for _ in 0..400 {
+        let r = h.transfer("alice", "bob", 700, Some("hang-up")).await;
+        if r.status != 409 {
+            last = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = last.expect("the transfer finished");
+    assert_eq!((r.status, r.replayed), (201, true), "{}", r.body);
+    assert_eq!(r.body["transfer"]["state"], "COMPLETED");
+    assert_eq!(h.balance("alice").await, 9_300);
+    assert_eq!(h.balance("bob").await, 700);
+    assert_eq!(h.ledger.check().await.unwrap().suspense_balance, 0);
+}

@@ -290,8 +290,8 @@ async fn run(
     println!("  curl -s {url}/v1/ledger/check");
     println!("\nCtrl-C stops.");
     tokio::signal::ctrl_c().await?;
-    println!("stopping");
-    drop(server);
+    println!("stopping: finishing the requests in flight");
+    server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -120,6 +120,9 @@ pub enum LedgerError {
         /// The key.
         key: String,
     },
+    /// The server is stopping and did not run the request.
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
     /// A database operation ran out of its policy's total time.
     #[error(transparent)]
     Timeout(#[from] TimeoutError),
@@ -149,6 +152,7 @@ impl LedgerError {
             LedgerError::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             LedgerError::IdempotencyInProgress { .. } => StatusCode::CONFLICT,
             LedgerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            LedgerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             LedgerError::DatabaseError { .. } if self.classification().is_transient() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -255,6 +259,9 @@ impl Classified for LedgerError {
             LedgerError::DatabaseError { source, .. } => classify_sqlite(source),
             LedgerError::IntegrationError { failure, .. } => failure.class.clone(),
             LedgerError::Timeout(e) => e.classification(),
+            LedgerError::ShuttingDown => {
+                Classification::new(Transient, System, Low, "shutting_down")
+            }
         }
     }
 }

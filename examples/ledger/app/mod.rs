@@ -204,18 +204,28 @@ impl Ledger {
     }
 }
 
-/// A running ledger HTTP server. Stops when dropped.
+/// A running ledger HTTP server. Stops abruptly when dropped; [`Server::shutdown`] stops it
+/// gracefully.
 #[derive(Debug)]
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Server {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for the requests in flight to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -229,10 +239,18 @@ impl Drop for Server {
 pub fn serve(ledger: Arc<Ledger>, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let router = routes::router(ledger);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(e) = graceful.await {
             tracing::error!(error = %e, "ledger server stopped");
         }
     });
-    Ok(Server { addr, task })
+    Ok(Server {
+        addr,
+        task,
+        stop: Some(stop),
+    })
 }

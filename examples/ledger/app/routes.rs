@@ -111,7 +111,7 @@ async fn create_transfer(
         ),
         None => None,
     };
-    let reply = ledger.transfer(req, key).await?;
+    let reply = detached(async move { ledger.transfer(req, key).await }).await?;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(reply.body)).into_response();
     if reply.replayed {
@@ -142,11 +142,16 @@ async fn create_batch(
 ) -> Result<Response, LedgerError> {
     let req = body(payload)?;
     let id = ledger.create_batch(req).await?;
-    run_batch(&ledger, &id, StatusCode::CREATED).await
+    run_batch(ledger, id, StatusCode::CREATED).await
 }
 
-async fn run_batch(ledger: &Ledger, id: &str, status: StatusCode) -> Result<Response, LedgerError> {
-    match ledger.run_batch(id, CrashPlan::default()).await? {
+async fn run_batch(
+    ledger: Arc<Ledger>,
+    id: String,
+    status: StatusCode,
+) -> Result<Response, LedgerError> {
+    let run = detached(async move { ledger.run_batch(&id, CrashPlan::default()).await }).await?;
+    match run {
         BatchRun::Finished(s) => Ok((status, Json(s)).into_response()),
         BatchRun::Crashed { .. } => unreachable!("no crash is planned for HTTP requests"),
     }
@@ -163,14 +168,29 @@ async fn resume_batch(
     State(ledger): AppState,
     Path(id): Path<String>,
 ) -> Result<Response, LedgerError> {
-    run_batch(&ledger, &id, StatusCode::OK).await
+    run_batch(ledger, id, StatusCode::OK).await
 }
 
 async fn replay_batch(
     State(ledger): AppState,
     Path(id): Path<String>,
 ) -> Result<Response, LedgerError> {
-    Ok(Json(ledger.replay_failed(&id).await?).into_response())
+    let status = detached(async move { ledger.replay_failed(&id).await }).await?;
+    Ok(Json(status).into_response())
+}
+
+/// Runs work that moves money on its own task, so it finishes even if the client hangs up:
+/// hyper drops a handler's future when its connection closes, and a transfer abandoned
+/// between its debit and its credit would wait for the next start's recovery.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, LedgerError>> + Send + 'static,
+) -> Result<T, LedgerError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels the task.
+        Err(_) => Err(LedgerError::ShuttingDown),
+    }
 }
 
 async fn reconcile(State(ledger): AppState) -> Result<Response, LedgerError> {
