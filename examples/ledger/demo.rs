@@ -262,14 +262,12 @@ pub async fn run(
         } else {
             ("bob", "alice")
         };
-        // Never ending in 13, so only injected faults fail.
-        let amount = 100
-            + (i * 37) % 800
-            + if (100 + (i * 37) % 800) % 100 == 13 {
-                1
-            } else {
-                0
-            };
+        // 1.00 to 3.99: never more than either side holds (20 x 3.99 < 250.00), never
+        // ending in 13, so only injected faults can fail these.
+        let amount = match 100 + (i * 37) % 300 {
+            a if a % 100 == 13 => a + 1,
+            a => a,
+        };
         tasks.push(tokio::spawn(async move {
             let c = Client { http, base };
             c.transfer(from, to, amount, Some(&format!("demo-load-{i}")))
