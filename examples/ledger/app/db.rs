@@ -273,6 +273,8 @@ impl Db {
     {
         let f = Arc::new(f);
         let inner = &self.inner;
+        // palisade stack: RetryLayer(database_operation.retry, SelfClassified) and the
+        // TimeoutLayers go here when they land, replacing `call_with_policy` (temporary).
         let attempted = call_with_policy(
             &inner.policy,
             |r: Result<&T, &LedgerError>| SelfClassified.outcome(r),

@@ -223,6 +223,8 @@ impl GatewayClient {
     /// Sends one call under the policy and returns the successful reply, or why it failed.
     async fn send(&self, call: GatewayCall) -> Result<GatewayReply, Box<GatewayFailure>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        // palisade stack: once `GatewayStack` carries the retry and timeout layers, this is
+        // `self.service.clone().oneshot(call)`; `call_with_policy` is the temporary stand-in.
         let attempted = call_with_policy(
             &self.policy,
             |r| self.classifier.outcome(r),
