@@ -299,3 +299,32 @@ async fn sqlite_busy_from_a_real_lock_is_transient_and_retried() {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_waits_for_a_lock_held_elsewhere() {
+    let path = temp_file("ledger-open-locked");
+    let mut config = DbConfig::file(path.clone(), 1);
+    config.busy_timeout = Duration::from_millis(1);
+    drop(Db::open(config.clone(), db_policy(0)).unwrap());
+
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    // The per-query wait is 1 ms, but the schema waits up to the policy's total timeout.
+    let db = Db::open(config, db_policy(0)).expect("opens once the lock is released");
+    release.join().unwrap();
+    let n: i64 = db
+        .read("test", |conn| {
+            conn.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))
+                .map_err(LedgerError::db("test"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the system accounts exist");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}

@@ -203,8 +203,13 @@ impl Db {
             config.pool_size.max(1)
         };
         let first = open_connection(&config)?;
+        // Another process may hold the lock while we start: wait for it up to the policy's
+        // total timeout (once, at start), then go back to the short per-query wait.
+        let wait = policy.timeout.total.max(config.busy_timeout);
         first
-            .execute_batch(SCHEMA)
+            .busy_timeout(wait)
+            .and_then(|()| first.execute_batch(SCHEMA))
+            .and_then(|()| first.busy_timeout(config.busy_timeout))
             .map_err(LedgerError::db("migrate"))?;
         let mut conns = vec![first];
         for _ in 1..size {
