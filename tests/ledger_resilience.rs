@@ -328,3 +328,24 @@ async fn opening_waits_for_a_lock_held_elsewhere() {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_policy_fails_fast_without_calling() {
+    let mut p = policy(3, Duration::from_secs(1), Duration::from_secs(3));
+    p.enabled = false;
+    let calls = AtomicU32::new(0);
+    let done = call_with_policy(&p, classify, |_| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<u32, LedgerError>(1) }
+    })
+    .await;
+    assert_eq!((done.attempts, calls.load(Ordering::SeqCst)), (0, 0));
+    assert!(matches!(
+        done.result,
+        Err(palisade::Error::OperationDisabled(_))
+    ));
+    assert_eq!(
+        done.outcome.classification().unwrap().code,
+        "operation_disabled"
+    );
+}

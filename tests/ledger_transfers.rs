@@ -379,3 +379,59 @@ async fn a_client_that_hangs_up_mid_transfer_does_not_strand_its_money() {
     assert_eq!(h.balance("bob").await, 700);
     assert_eq!(h.ledger.check().await.unwrap().suspense_balance, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_off_gateway_refuses_transfers_before_any_debit() {
+    let sim = app::simulator::Simulator::start(faulty(0.0, 1))
+        .await
+        .unwrap();
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/policies.yaml");
+    let policies = palisade::policy::Policies::loader()
+        .with_env_vars([("PALISADE__POLICIES__PAYMENT_GATEWAY__ENABLED", "false")])
+        .load_path(path)
+        .unwrap();
+    let ledger = app::Ledger::open(app::LedgerConfig {
+        db: DbConfig::memory(),
+        gateway_url: sim.url(),
+        policies: std::sync::Arc::new(policies),
+    })
+    .unwrap();
+    ledger
+        .create_account(Some("alice".into()), None, 1_000)
+        .await
+        .unwrap();
+    ledger
+        .create_account(Some("bob".into()), None, 0)
+        .await
+        .unwrap();
+    let request = || app::transfers::TransferRequest {
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: 100,
+    };
+    let err = ledger
+        .transfer(request(), Some("k".into()))
+        .await
+        .expect_err("the gateway is off");
+    use palisade::classify::Classified;
+    assert_eq!(err.classification().code, "operation_disabled");
+    assert_eq!(err.status().as_u16(), 503);
+    assert_eq!(
+        ledger.account("alice").await.unwrap().balance,
+        1_000,
+        "nothing debited"
+    );
+    assert_eq!(sim.stats().calls, 0, "the gateway was not called");
+    // The key was freed: the same request runs again (and is refused again), not replayed.
+    let again = ledger.transfer(request(), Some("k".into())).await;
+    assert!(matches!(again, Err(app::error::LedgerError::Disabled(_))));
+    let check = ledger.check().await.unwrap();
+    assert_eq!(check.transactions, 1, "alice's opening deposit only");
+    assert_eq!(
+        ledger
+            .counters
+            .transitions(app::transfers::TransferState::Failed),
+        2
+    );
+}

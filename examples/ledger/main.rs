@@ -43,7 +43,9 @@ enum LogFormat {
 #[command(
     name = "ledger",
     after_help = "Environment variables override the policy file, e.g.\n  \
-                  PALISADE__POLICIES__PAYMENT_GATEWAY__TIMEOUT__ATTEMPT=500ms\n\n\
+                  PALISADE__POLICIES__PAYMENT_GATEWAY__TIMEOUT__ATTEMPT=500ms\n  \
+                  PALISADE__POLICIES__PAYMENT_GATEWAY__ENABLED=false switches the gateway off:\n    \
+                  transfers are refused (503 operation_disabled) before any debit.\n\n\
                   The simulated gateway declines amounts ending in 13 (e.g. 10.13) with `card_declined`."
 )]
 struct Cli {

@@ -344,6 +344,7 @@ impl Db {
         attempted.result.map_err(|e| match e {
             palisade::Error::Inner(e) => e,
             palisade::Error::Timeout(t) => LedgerError::Timeout(t),
+            palisade::Error::OperationDisabled(d) => LedgerError::Disabled(d),
             other => LedgerError::invalid("operation", other.to_string()),
         })
     }

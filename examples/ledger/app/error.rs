@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use palisade::classify::{Category, Classification, Classified, Severity, Transience};
-use palisade::error::TimeoutError;
+use palisade::error::{OperationDisabled, TimeoutError};
 use rusqlite::ErrorCode;
 use serde_json::json;
 
@@ -120,6 +120,9 @@ pub enum LedgerError {
         /// The key.
         key: String,
     },
+    /// The operation's policy has `enabled: false` (a kill switch, e.g. for the gateway).
+    #[error(transparent)]
+    Disabled(#[from] OperationDisabled),
     /// The server is stopping and did not run the request.
     #[error("the ledger is shutting down")]
     ShuttingDown,
@@ -152,7 +155,7 @@ impl LedgerError {
             LedgerError::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             LedgerError::IdempotencyInProgress { .. } => StatusCode::CONFLICT,
             LedgerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            LedgerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            LedgerError::ShuttingDown | LedgerError::Disabled(_) => StatusCode::SERVICE_UNAVAILABLE,
             LedgerError::DatabaseError { .. } if self.classification().is_transient() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -259,6 +262,7 @@ impl Classified for LedgerError {
             LedgerError::DatabaseError { source, .. } => classify_sqlite(source),
             LedgerError::IntegrationError { failure, .. } => failure.class.clone(),
             LedgerError::Timeout(e) => e.classification(),
+            LedgerError::Disabled(e) => e.classification(),
             LedgerError::ShuttingDown => {
                 Classification::new(Transient, System, Low, "shutting_down")
             }

@@ -96,7 +96,8 @@ pub fn backoff(
     }
 }
 
-/// Calls `attempt` under `policy`: each attempt bounded by `timeout.attempt`, the whole call
+/// Calls `attempt` under `policy` (not at all if the policy has `enabled: false`): each
+/// attempt bounded by `timeout.attempt`, the whole call
 /// by `timeout.total`, transient failures (as `classify` judges them) retried up to
 /// `retry.max_retries` times with the policy's backoff.
 ///
@@ -115,6 +116,21 @@ where
 {
     // palisade stack: TimeoutLayer (total), RetryLayer(policy.retry, classifier) and
     // TimeoutLayer (attempt) go here when they land; this loop is their stand-in.
+    if !policy.enabled {
+        // The kill switch: fail fast, call nothing.
+        let disabled = Error::OperationDisabled(palisade::error::OperationDisabled {
+            operation: policy.name_arc().clone(),
+        });
+        let outcome = disabled
+            .layer_classification()
+            .map_or(Outcome::fallback(false), Outcome::Failure);
+        return Attempted {
+            result: Err(disabled),
+            outcome,
+            attempts: 0,
+            retried: Vec::new(),
+        };
+    }
     let start = tokio::time::Instant::now();
     let deadline = start + policy.timeout.total;
     let mut retried = Vec::new();

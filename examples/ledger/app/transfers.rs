@@ -318,9 +318,9 @@ impl Ledger {
         result
     }
 
-    /// After a transient failure (the database stayed busy past its retries) before any
-    /// money moved, ends the transfer in FAILED and frees its idempotency key, so the client
-    /// can retry with the same key. A transfer that was already debited is left for
+    /// After a transient failure (the database stayed busy past its retries) or with the
+    /// gateway switched off, before any money moved: ends the transfer in FAILED and frees
+    /// its idempotency key, so the client can retry with the same key. A transfer that was already debited is left for
     /// [`Ledger::recover_transfers`], which knows how to finish it.
     async fn release_unposted(&self, id: &str, error: &LedgerError) {
         let (tid, code, message) = (
@@ -462,6 +462,16 @@ impl Ledger {
             return Ok(reply);
         }
         self.record(&id, Some(TransferState::Created), TransferState::Validated);
+
+        // Graceful degradation: with the gateway switched off (`payment_gateway.enabled:
+        // false`), refuse before debiting, and free the key for when it is back.
+        if !self.gateway.policy().enabled {
+            let off = LedgerError::Disabled(palisade::error::OperationDisabled {
+                operation: self.gateway.policy().name_arc().clone(),
+            });
+            self.release_unposted(&id, &off).await;
+            return Err(off);
+        }
 
         // EXECUTING: the debit, funds re-checked under the write lock.
         let step: Step = {
