@@ -42,9 +42,9 @@ use crate::error::{CircuitOpen, Error};
 /// policy.consecutive_failures = 1;
 /// let layer = KeyedCircuitBreakerLayer::builder("upstream", policy)
 ///     .max_keys(100)
-///     .build(|host: &&str| host.to_string(), |r: Result<&(), &()>| Outcome::fallback(r.is_ok()));
+///     .build(|host: &&'static str| host.to_string(), |r: Result<&(), &()>| Outcome::fallback(r.is_ok()));
 /// let handle = layer.handle();
-/// let svc = ServiceBuilder::new().layer(layer).service(service_fn(|host: &str| async move {
+/// let svc = ServiceBuilder::new().layer(layer).service(service_fn(|host: &'static str| async move {
 ///     if host == "down.example" { Err(()) } else { Ok(()) }
 /// }));
 ///
