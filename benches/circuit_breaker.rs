@@ -1,1 +1,216 @@
-fn main() {}
+//! The circuit breaker's hot paths, and tower-resilience 0.13's breaker doing the same work.
+//!
+//! - `closed_success/sequential`: one task calling a no-op service through a closed breaker.
+//! - `closed_success/64_tasks_2_workers`: 64 tasks on a 2-worker runtime sharing one breaker.
+//!   Reported as *worker time per call* (wall time x 2 workers / calls), so it compares with the
+//!   sequential figure: equal means no contention cost at all.
+//! - `open_rejection/sequential`: calls rejected by an open breaker.
+//!
+//! Run with `cargo bench --bench circuit_breaker`.
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+use palisade::classify::Outcome;
+use palisade::policy::{CircuitBreakerPolicy, WindowType};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+type Classifier = fn(Result<&u64, &()>) -> Outcome;
+
+fn classify(r: Result<&u64, &()>) -> Outcome {
+    Outcome::fallback(r.is_ok())
+}
+
+fn noop(ok: bool) -> Ready<Result<u64, ()>> {
+    ready(if ok { Ok(1) } else { Err(()) })
+}
+
+type Noop = tower::util::ServiceFn<fn(bool) -> Ready<Result<u64, ()>>>;
+
+fn inner() -> Noop {
+    service_fn(noop as fn(bool) -> Ready<Result<u64, ()>>)
+}
+
+fn palisade_breaker(
+    window: WindowType,
+) -> palisade::circuit_breaker::CircuitBreaker<Noop, Classifier> {
+    let mut policy = CircuitBreakerPolicy::default();
+    policy.window_type = window;
+    policy.consecutive_failures = 1;
+    policy.minimum_calls = 1;
+    let layer = CircuitBreakerLayer::new("bench", policy, classify as Classifier);
+    ServiceBuilder::new().layer(layer).service(inner())
+}
+
+/// Its defaults (count window of 100, 50 %), tripping on one failure like ours.
+fn resilience_layer() -> tower_resilience::circuitbreaker::CircuitBreakerLayer {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .consecutive_failures(1)
+        .wait_duration_in_open(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+/// Times `iters` sequential calls on a current-thread runtime.
+fn sequential<S>(rt: &tokio::runtime::Runtime, svc: &mut S, ok: bool, iters: u64) -> Duration
+where
+    S: Service<bool>,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let r = svc.ready().await.unwrap().call(black_box(ok)).await;
+            black_box(r.is_ok());
+        }
+        start.elapsed()
+    })
+}
+
+/// Times `iters` calls shared by 64 tasks on a 2-worker runtime; returns worker time.
+fn concurrent<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+where
+    S: Service<bool> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
+    const TASKS: u64 = 64;
+    let per_task = iters.div_ceil(TASKS);
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let r = svc.ready().await.unwrap().call(true).await;
+                        black_box(r.is_ok());
+                        if i % 256 == 255 {
+                            // Let the other tasks of this worker run, as a server would.
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Per-call worker time, comparable with the sequential figure.
+        Duration::from_secs_f64(
+            start.elapsed().as_secs_f64() * 2.0 * iters as f64 / (per_task * TASKS) as f64,
+        )
+    })
+}
+
+fn closed_success(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+
+    let mut g = c.benchmark_group("closed_success/sequential");
+    g.bench_function("no breaker (baseline)", |b| {
+        let mut svc = inner();
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.bench_function("palisade time window", |b| {
+        let mut svc = palisade_breaker(WindowType::Time);
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.bench_function("palisade count window", |b| {
+        let mut svc = palisade_breaker(WindowType::Count);
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.bench_function("tower-resilience 0.13", |b| {
+        let mut svc = ServiceBuilder::new()
+            .layer(resilience_layer())
+            .service(inner());
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("closed_success/64_tasks_2_workers");
+    g.bench_function("no breaker (baseline)", |b| {
+        let svc = inner();
+        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
+    });
+    g.bench_function("palisade time window", |b| {
+        let svc = palisade_breaker(WindowType::Time);
+        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
+    });
+    g.bench_function("palisade count window", |b| {
+        let svc = palisade_breaker(WindowType::Count);
+        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
+    });
+    g.bench_function("tower-resilience 0.13", |b| {
+        let svc = ServiceBuilder::new()
+            .layer(resilience_layer())
+            .service(inner());
+        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
+    });
+    g.finish();
+}
+
+/// What the primitives the breaker is made of cost on this machine: the time window reads the
+/// clock once per call; every admitted call clones and drops one `Arc` and adds to one atomic.
+fn primitives(c: &mut Criterion) {
+    let mut g = c.benchmark_group("primitives");
+    g.bench_function("tokio::time::Instant::now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    let arc = std::sync::Arc::new(0u64);
+    g.bench_function("Arc clone + drop", |b| {
+        b.iter(|| drop(black_box(arc.clone())))
+    });
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("AtomicU64::fetch_add", |b| {
+        b.iter(|| black_box(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+    });
+    g.finish();
+}
+
+fn open_rejection(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("open_rejection/sequential");
+    g.bench_function("palisade", |b| {
+        let mut svc = palisade_breaker(WindowType::Time);
+        let handle = svc.handle();
+        sequential(&rt, &mut svc, false, 1);
+        assert_eq!(handle.state(), CircuitState::Open);
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.bench_function("tower-resilience 0.13", |b| {
+        let mut svc = ServiceBuilder::new()
+            .layer(resilience_layer())
+            .service(inner());
+        sequential(&rt, &mut svc, false, 1);
+        let r = rt.block_on(async { svc.ready().await.unwrap().call(true).await });
+        assert!(r.is_err(), "tower-resilience breaker should be open");
+        b.iter_custom(|iters| sequential(&rt, &mut svc, true, iters))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = closed_success, open_rejection, primitives
+}
+criterion_main!(benches);

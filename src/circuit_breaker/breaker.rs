@@ -146,7 +146,7 @@ struct Slow {
     rng: u64,
 }
 
-type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
+pub(crate) type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 /// Where transitions go.
 #[derive(Clone)]

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tower_layer::Layer;
 
-use super::breaker::{Breaker, Settings, Sinks};
+use super::breaker::{Breaker, Callback, Settings, Sinks};
 use super::counted::CountedFailures;
 use super::events::{OperatorMode, Transition};
 use super::handle::CircuitBreakerHandle;
@@ -76,7 +76,7 @@ pub struct CircuitBreakerBuilder {
     policy: CircuitBreakerPolicy,
     counted: CountedFailures,
     open_jitter: Option<f64>,
-    callback: Option<Arc<dyn Fn(&Transition) + Send + Sync>>,
+    callback: Option<Callback>,
     event_capacity: usize,
     pending_while_open: bool,
 }

@@ -4,7 +4,7 @@
 //! success path: one atomic read-modify-write per call in the steady state, and the sums are
 //! only read when a failure or a slow call could trip the breaker.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::policy::{CircuitBreakerPolicy, WindowType};
@@ -106,23 +106,55 @@ impl Window {
 /// Each bucket is one `AtomicU64`: `epoch (22 bits) | slow | failures | calls (14 bits each)`.
 /// A writer that finds a bucket of an older tick starts it afresh with a compare-and-swap; a
 /// writer that finds the current tick adds with one `fetch_add`.
+///
+/// The buckets are striped: each thread writes the buckets of its own stripe (one cache line
+/// each), so threads recording successes at once do not fight over one line; reading sums all
+/// stripes, which only failures and slow calls do.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
-    buckets: Box<[AtomicU64]>,
+    stripes: Box<[Stripe]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Stripe([AtomicU64; TIME_BUCKETS as usize]);
+
+/// The most stripes a time window has; more threads share them.
+const MAX_STRIPES: usize = 8;
+
+std::thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
 }
 
 impl TimeWindow {
     pub(crate) fn new(window: Duration) -> Self {
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let stripes = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_STRIPES);
         TimeWindow {
             bucket_nanos: (window / TIME_BUCKETS).max(1),
-            buckets: (0..TIME_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..stripes)
+                .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
         }
     }
 
     fn bucket(&self, tick: u64) -> &AtomicU64 {
-        &self.buckets[(tick % TIME_BUCKETS) as usize]
+        let stripe = if self.stripes.len() == 1 {
+            0
+        } else {
+            STRIPE.try_with(|s| *s % self.stripes.len()).unwrap_or(0)
+        };
+        &self.stripes[stripe].0[(tick % TIME_BUCKETS) as usize]
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.stripes.iter().flat_map(|s| s.0.iter())
     }
 
     pub(crate) fn record(&self, now: u64, sample: Sample) {
@@ -159,7 +191,7 @@ impl TimeWindow {
         let tick = now / self.bucket_nanos;
         let epoch = tick & EPOCH_MASK;
         let mut totals = Totals::default();
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             let value = bucket.load(Ordering::Relaxed);
             let age = epoch.wrapping_sub(value >> EPOCH_SHIFT) & EPOCH_MASK;
             if age < TIME_BUCKETS {
@@ -172,7 +204,7 @@ impl TimeWindow {
     }
 
     pub(crate) fn reset(&self) {
-        for bucket in self.buckets.iter() {
+        for bucket in self.buckets() {
             // Epoch 0 with no calls: an empty bucket whatever tick it is read at.
             bucket.store(0, Ordering::Relaxed);
         }
@@ -196,8 +228,8 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// The last `size` calls, in a ring of one byte per call, with running sums.
 ///
-/// A writer takes the next slot with `fetch_add`, swaps its sample in, and only touches the
-/// sums when the sample it replaced differs (never, in a healthy steady state).
+/// A writer takes the next slot with `fetch_add`, and only writes the slot and the sums when
+/// the sample it replaces differs (never, in a healthy steady state).
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     next: AtomicU64,
@@ -219,8 +251,13 @@ impl CountWindow {
         let code =
             CALL | if sample.failure { FAILED } else { 0 } | if sample.slow { SLOW } else { 0 };
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        let old = self.slots[index as usize].swap(code, Ordering::Relaxed);
+        let slot = &self.slots[index as usize];
+        // `fetch_add` gave this slot to this call alone (until the ring wraps under it, which
+        // takes `size` calls in flight at once), so a plain load and store is enough, and the
+        // healthy steady state (a success replacing a success) writes nothing at all.
+        let old = slot.load(Ordering::Relaxed);
         if old != code {
+            slot.store(code, Ordering::Relaxed);
             let delta = sums_of(code).wrapping_sub(sums_of(old));
             self.sums.fetch_add(delta, Ordering::Relaxed);
         }
