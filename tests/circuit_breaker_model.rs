@@ -298,9 +298,10 @@ impl Model {
                 }
                 let (calls, failures, slows) = self.totals(now);
                 if calls >= u64::from(self.rules.minimum_calls) {
-                    if failed && failures as f64 / calls as f64 >= self.rules.failure_rate {
-                        self.trip(now);
-                    } else if slow && slows as f64 / calls as f64 >= 0.5 {
+                    let rate_rule =
+                        failed && failures as f64 / calls as f64 >= self.rules.failure_rate;
+                    let slow_rule = slow && slows as f64 / calls as f64 >= 0.5;
+                    if rate_rule || slow_rule {
                         self.trip(now);
                     }
                 }
