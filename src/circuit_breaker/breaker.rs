@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::counted::CountedFailures;
 use super::events::{CircuitState, OperatorMode, Transition, TransitionReason};
-use super::window::{Sample, Totals, Window};
+use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
 use crate::policy::CircuitBreakerPolicy;
 
@@ -371,6 +371,7 @@ impl Breaker {
     #[inline]
     pub(crate) fn record_closed(
         &self,
+        stripe: usize,
         generation: u32,
         verdict: Verdict,
         slow: bool,
@@ -389,7 +390,7 @@ impl Breaker {
             None if self.window.needs_clock() => self.now(),
             None => 0,
         };
-        self.window.record(now, Sample { failure, slow });
+        self.window.record(now, Sample { failure, slow }, stripe);
         if !failure {
             if count_of(word) != 0 {
                 self.clear_consecutive(word, generation);
@@ -814,11 +815,66 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// One thread's way into a breaker: a reference count and a window stripe of its own, so that
+/// threads admitting calls at once do not all write the same reference count.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Shard {
+    breaker: Arc<Breaker>,
+    stripe: usize,
+}
+
+/// A breaker and its shards, one per window stripe; what services and registries hold.
+#[derive(Debug)]
+pub(crate) struct Shards {
+    breaker: Arc<Breaker>,
+    shards: Box<[Arc<Shard>]>,
+}
+
+impl Shards {
+    pub(crate) fn new(breaker: Breaker) -> Self {
+        let breaker = Arc::new(breaker);
+        let shards = (0..window::stripe_count())
+            .map(|stripe| {
+                Arc::new(Shard {
+                    breaker: breaker.clone(),
+                    stripe,
+                })
+            })
+            .collect();
+        Shards { breaker, shards }
+    }
+
+    /// The breaker itself, for handles.
+    pub(crate) fn core(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    #[inline]
+    fn shard(&self) -> &Arc<Shard> {
+        &self.shards[window::thread_stripe() % self.shards.len()]
+    }
+
+    /// Whether anything but the registry holds this breaker: a call in flight or a handle.
+    pub(crate) fn in_use(&self) -> bool {
+        Arc::strong_count(&self.breaker) > 1 + self.shards.len()
+            || self.shards.iter().any(|s| Arc::strong_count(s) > 1)
+    }
+}
+
+impl std::ops::Deref for Shards {
+    type Target = Breaker;
+
+    fn deref(&self) -> &Breaker {
+        &self.breaker
+    }
+}
+
 /// One admitted call's claim on its breaker: records the outcome when the call finishes, and
 /// gives a probe slot back when the call is dropped before that.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    breaker: Arc<Breaker>,
+    shard: Arc<Shard>,
     admission: Admission,
     start: u64,
 }
@@ -826,13 +882,13 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// A ticket for an admitted call; `None` for calls that record nothing.
     #[inline]
-    pub(crate) fn new(breaker: &Arc<Breaker>, admission: Admission) -> Option<Self> {
+    pub(crate) fn new(shards: &Shards, admission: Admission) -> Option<Self> {
         match admission {
             Admission::Closed(_) | Admission::Probe(_) => Some(Ticket {
-                breaker: breaker.clone(),
+                shard: shards.shard().clone(),
                 admission,
-                start: if breaker.needs_start_time() {
-                    breaker.now()
+                start: if shards.needs_start_time() {
+                    shards.now()
                 } else {
                     0
                 },
@@ -844,7 +900,7 @@ impl Ticket {
     /// Records how the call went.
     #[inline]
     pub(crate) fn finish(mut self, outcome: &Outcome) {
-        let breaker = &self.breaker;
+        let breaker = &*self.shard.breaker;
         let verdict = breaker.verdict(outcome);
         let (slow, now) = match breaker.settings.slow_call {
             Some(limit) => {
@@ -854,7 +910,9 @@ impl Ticket {
             None => (false, None),
         };
         match self.admission {
-            Admission::Closed(generation) => breaker.record_closed(generation, verdict, slow, now),
+            Admission::Closed(generation) => {
+                breaker.record_closed(self.shard.stripe, generation, verdict, slow, now)
+            }
             Admission::Probe(generation) => breaker.record_probe(generation, verdict, slow),
             Admission::Pass | Admission::Reject(_) => {}
         }
@@ -865,7 +923,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Admission::Probe(generation) = self.admission {
-            self.breaker.release_probe(generation);
+            self.shard.breaker.release_probe(generation);
         }
     }
 }

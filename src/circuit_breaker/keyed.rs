@@ -271,12 +271,14 @@ impl<K: Hash + Eq + Clone + Display> KeyedCircuitBreakerHandle<K> {
     /// The breaker of `key`, if the registry holds one. Holding the handle keeps the breaker
     /// from being evicted.
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
-        self.registry.lookup(key).map(CircuitBreakerHandle::new)
+        self.registry
+            .lookup(key)
+            .map(|b| CircuitBreakerHandle::new(b.core().clone()))
     }
 
     /// The breaker used for new keys while the registry is full.
     pub fn overflow(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.registry.overflow().clone())
+        CircuitBreakerHandle::new(self.registry.overflow().core().clone())
     }
 
     /// How many keyed breakers the registry holds (the overflow breaker not included).

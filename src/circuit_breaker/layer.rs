@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tower_layer::Layer;
 
-use super::breaker::{Breaker, Callback, Settings, Sinks};
+use super::breaker::{Breaker, Callback, Settings, Shards, Sinks};
 use super::counted::CountedFailures;
 use super::events::{OperatorMode, Transition};
 use super::handle::CircuitBreakerHandle;
@@ -19,7 +19,7 @@ use crate::policy::{CircuitBreakerPolicy, Policy};
 /// route or operation.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerLayer<C> {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Shards>,
     classifier: C,
     pending_while_open: bool,
 }
@@ -41,7 +41,7 @@ impl<C> CircuitBreakerLayer<C> {
 
     /// The handle to this layer's breaker: state, counts, operator modes, events.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.breaker.clone())
+        CircuitBreakerHandle::new(self.breaker.core().clone())
     }
 }
 
@@ -167,19 +167,19 @@ impl CircuitBreakerBuilder {
         }
     }
 
-    pub(crate) fn breaker(&self, name: Arc<str>, sinks: Sinks) -> Arc<Breaker> {
+    pub(crate) fn breaker(&self, name: Arc<str>, sinks: Sinks) -> Arc<Shards> {
         let mode = if self.policy.enabled {
             OperatorMode::Normal
         } else {
             OperatorMode::Disabled
         };
         let settings = Settings::new(&self.policy, self.counted.clone(), self.open_jitter);
-        Arc::new(Breaker::new(
+        Arc::new(Shards::new(Breaker::new(
             name,
             settings,
             Window::new(&self.policy),
             mode,
             sinks,
-        ))
+        )))
     }
 }

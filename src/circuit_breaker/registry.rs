@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, Sinks};
+use super::breaker::{Shards, Sinks};
 use super::layer::CircuitBreakerBuilder;
 
 /// How often a breaker's last-use time is written: coarse, so that hot keys do not write a
@@ -26,8 +26,8 @@ pub(crate) struct Registry<K> {
     name: Arc<str>,
     builder: CircuitBreakerBuilder,
     sinks: Sinks,
-    map: RwLock<HashMap<K, Arc<Breaker>>>,
-    overflow: Arc<Breaker>,
+    map: RwLock<HashMap<K, Arc<Shards>>>,
+    overflow: Arc<Shards>,
     max_keys: usize,
     idle: u64,
     base: Instant,
@@ -75,14 +75,14 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         .unwrap_or(u64::MAX)
     }
 
-    fn touch(breaker: &Breaker, now: u64) {
+    fn touch(breaker: &Shards, now: u64) {
         if now.saturating_sub(breaker.last_used.load(Ordering::Relaxed)) >= TOUCH_NANOS {
             breaker.last_used.store(now, Ordering::Relaxed);
         }
     }
 
     /// The breaker for `key`: its own, a new one, or the overflow breaker when full.
-    pub(crate) fn get(&self, key: &K) -> Arc<Breaker> {
+    pub(crate) fn get(&self, key: &K) -> Arc<Shards> {
         let now = self.now();
         {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -115,13 +115,13 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         breaker
     }
 
-    fn sweep(&self, map: &mut HashMap<K, Arc<Breaker>>, now: u64) -> usize {
+    fn sweep(&self, map: &mut HashMap<K, Arc<Shards>>, now: u64) -> usize {
         self.last_sweep.store(now, Ordering::Relaxed);
         let before = map.len();
         map.retain(|_, breaker| {
             let idle = now.saturating_sub(breaker.last_used.load(Ordering::Relaxed)) >= self.idle;
             // Held by an in-flight call or a handle: in use, keep it.
-            !idle || Arc::strong_count(breaker) > 1
+            !idle || breaker.in_use()
         });
         before - map.len()
     }
@@ -133,7 +133,7 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         self.sweep(&mut map, now)
     }
 
-    pub(crate) fn lookup(&self, key: &K) -> Option<Arc<Breaker>> {
+    pub(crate) fn lookup(&self, key: &K) -> Option<Arc<Shards>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -145,7 +145,7 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub(crate) fn overflow(&self) -> &Arc<Breaker> {
+    pub(crate) fn overflow(&self) -> &Arc<Shards> {
         &self.overflow
     }
 

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::breaker::{Admission, Breaker, Ticket};
+use super::breaker::{Admission, Shards, Ticket};
 use super::future::ResponseFuture;
 use super::handle::CircuitBreakerHandle;
 use crate::classify::Classify;
@@ -27,7 +27,7 @@ use crate::error::{CircuitOpen, Error};
 /// back at once, so a half-open breaker cannot be stuck by probes that never finish.
 pub struct CircuitBreaker<S, C> {
     inner: S,
-    breaker: Arc<Breaker>,
+    breaker: Arc<Shards>,
     classifier: C,
     pending_while_open: bool,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -36,7 +36,7 @@ pub struct CircuitBreaker<S, C> {
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(
         inner: S,
-        breaker: Arc<Breaker>,
+        breaker: Arc<Shards>,
         classifier: C,
         pending_while_open: bool,
     ) -> Self {
@@ -51,7 +51,7 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// The handle to this service's breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.breaker.clone())
+        CircuitBreakerHandle::new(self.breaker.core().clone())
     }
 
     /// The inner service.

@@ -79,9 +79,9 @@ impl Window {
         matches!(self, Window::Time(_))
     }
 
-    pub(crate) fn record(&self, now: u64, sample: Sample) {
+    pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
         match self {
-            Window::Time(w) => w.record(now, sample),
+            Window::Time(w) => w.record(now, sample, stripe),
             Window::Count(w) => w.record(sample),
         }
     }
@@ -123,6 +123,16 @@ struct Stripe([AtomicU64; TIME_BUCKETS as usize]);
 /// The most stripes a time window has; more threads share them.
 const MAX_STRIPES: usize = 8;
 
+/// How many stripes (and breaker shards) to make: one per core, at most [`MAX_STRIPES`].
+pub(crate) fn stripe_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_STRIPES)
+    })
+}
+
 std::thread_local! {
     static STRIPE: usize = {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -130,40 +140,38 @@ std::thread_local! {
     };
 }
 
+/// This thread's stripe number (take it modulo the stripe count).
+#[inline]
+pub(crate) fn thread_stripe() -> usize {
+    STRIPE.try_with(|s| *s).unwrap_or(0)
+}
+
 impl TimeWindow {
     pub(crate) fn new(window: Duration) -> Self {
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        let stripes = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, MAX_STRIPES);
         TimeWindow {
             bucket_nanos: (window / TIME_BUCKETS).max(1),
-            stripes: (0..stripes)
+            stripes: (0..stripe_count())
                 .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         }
     }
 
-    fn bucket(&self, tick: u64) -> &AtomicU64 {
-        let stripe = if self.stripes.len() == 1 {
-            0
-        } else {
-            STRIPE.try_with(|s| *s % self.stripes.len()).unwrap_or(0)
-        };
-        &self.stripes[stripe].0[(tick % TIME_BUCKETS) as usize]
+    fn bucket(&self, tick: u64, stripe: usize) -> &AtomicU64 {
+        &self.stripes[stripe % self.stripes.len()].0[(tick % TIME_BUCKETS) as usize]
     }
 
     fn buckets(&self) -> impl Iterator<Item = &AtomicU64> {
         self.stripes.iter().flat_map(|s| s.0.iter())
     }
 
-    pub(crate) fn record(&self, now: u64, sample: Sample) {
+    pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
         let tick = now / self.bucket_nanos;
         let epoch = tick & EPOCH_MASK;
         let add = (1 << TOTAL_SHIFT)
             | (u64::from(sample.failure) << FAIL_SHIFT)
             | (u64::from(sample.slow) << SLOW_SHIFT);
-        let bucket = self.bucket(tick);
+        let bucket = self.bucket(tick, stripe);
         let mut current = bucket.load(Ordering::Relaxed);
         loop {
             let same_tick = current >> EPOCH_SHIFT == epoch;
@@ -304,10 +312,10 @@ mod tests {
     fn time_window_forgets_buckets_older_than_the_window() {
         let w = TimeWindow::new(Duration::from_secs(10)); // 1 s buckets
         let s = 1_000_000_000;
-        w.record(0, FAIL);
-        w.record(s / 2, OK);
+        w.record(0, FAIL, 0);
+        w.record(s / 2, OK, 0);
         assert_eq!(w.totals(s / 2).calls, 2);
-        w.record(5 * s, FAIL);
+        w.record(5 * s, FAIL, 0);
         assert_eq!(
             w.totals(9 * s + s / 2),
             Totals {
@@ -325,7 +333,7 @@ mod tests {
                 slow: 0
             }
         );
-        w.record(10 * s, OK);
+        w.record(10 * s, OK, 0);
         assert_eq!(w.totals(10 * s).calls, 2);
         assert_eq!(w.totals(40 * s).calls, 0);
     }
@@ -334,7 +342,7 @@ mod tests {
     fn time_bucket_halves_instead_of_overflowing() {
         let w = TimeWindow::new(Duration::from_secs(10));
         for i in 0..40_000u64 {
-            w.record(0, if i % 4 == 0 { FAIL } else { OK });
+            w.record(0, if i % 4 == 0 { FAIL } else { OK }, 0);
         }
         let t = w.totals(0);
         assert!(t.calls > 6_000 && t.calls <= FIELD_MAX, "{t:?}");
