@@ -67,7 +67,8 @@ impl CircuitBreakerHandle {
         self.breaker.reset();
     }
 
-    /// A receiver of every later transition and mode change.
+    /// A receiver of every later transition and mode change. For a keyed breaker this is the
+    /// registry's channel: it carries every key's transitions, each naming its breaker.
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.breaker.subscribe()
     }

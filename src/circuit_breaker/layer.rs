@@ -127,7 +127,8 @@ impl CircuitBreakerBuilder {
     }
 
     /// Calls `callback` on every transition, on the thread that made it, before subscribers
-    /// hear of it. Keep it short: it runs while the breaker's transition lock is held.
+    /// hear of it. Keep it short: it runs while the breaker's transition lock is held, so it may
+    /// read the breaker's handle (`state`, `metrics`) but must not change its mode or reset it.
     #[must_use]
     pub fn on_transition(mut self, callback: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
         self.callback = Some(Arc::new(callback));
