@@ -4,6 +4,8 @@
 //! - `closed_success/64_tasks_2_workers`: 64 tasks on a 2-worker runtime sharing one breaker.
 //!   Reported as *worker time per call* (wall time x 2 workers / calls), so it compares with the
 //!   sequential figure: equal means no contention cost at all.
+//! - `closed_success/64_tasks_1_worker`: the same on one worker, the control: what the task
+//!   machinery costs without any cross-core traffic.
 //! - `open_rejection/sequential`: calls rejected by an open breaker.
 //!
 //! Run with `cargo bench --bench circuit_breaker`.
@@ -72,8 +74,9 @@ where
     })
 }
 
-/// Times `iters` calls shared by 64 tasks on a 2-worker runtime; returns worker time.
-fn concurrent<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+/// Times `iters` calls shared by 64 tasks on a runtime of `workers` workers; returns worker
+/// time (wall time x workers).
+fn concurrent<S>(rt: &tokio::runtime::Runtime, workers: u32, svc: &S, iters: u64) -> Duration
 where
     S: Service<bool> + Clone + Send + 'static,
     S::Future: Send,
@@ -104,13 +107,19 @@ where
         }
         // Per-call worker time, comparable with the sequential figure.
         Duration::from_secs_f64(
-            start.elapsed().as_secs_f64() * 2.0 * iters as f64 / (per_task * TASKS) as f64,
+            start.elapsed().as_secs_f64() * f64::from(workers) * iters as f64
+                / (per_task * TASKS) as f64,
         )
     })
 }
 
 fn closed_success(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let one_worker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_time()
         .build()
         .unwrap();
@@ -141,26 +150,31 @@ fn closed_success(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("closed_success/64_tasks_2_workers");
-    g.bench_function("no breaker (baseline)", |b| {
-        let svc = inner();
-        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
-    });
-    g.bench_function("palisade time window", |b| {
-        let svc = palisade_breaker(WindowType::Time);
-        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
-    });
-    g.bench_function("palisade count window", |b| {
-        let svc = palisade_breaker(WindowType::Count);
-        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
-    });
-    g.bench_function("tower-resilience 0.13", |b| {
-        let svc = ServiceBuilder::new()
-            .layer(resilience_layer())
-            .service(inner());
-        b.iter_custom(|iters| concurrent(&workers, &svc, iters))
-    });
-    g.finish();
+    for (name, rt, n) in [
+        ("64_tasks_1_worker", &one_worker, 1),
+        ("64_tasks_2_workers", &workers, 2),
+    ] {
+        let mut g = c.benchmark_group(format!("closed_success/{name}"));
+        g.bench_function("no breaker (baseline)", |b| {
+            let svc = inner();
+            b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
+        });
+        g.bench_function("palisade time window", |b| {
+            let svc = palisade_breaker(WindowType::Time);
+            b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
+        });
+        g.bench_function("palisade count window", |b| {
+            let svc = palisade_breaker(WindowType::Count);
+            b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
+        });
+        g.bench_function("tower-resilience 0.13", |b| {
+            let svc = ServiceBuilder::new()
+                .layer(resilience_layer())
+                .service(inner());
+            b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
+        });
+        g.finish();
+    }
 }
 
 /// What the primitives the breaker is made of cost on this machine: the time window reads the
