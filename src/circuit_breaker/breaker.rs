@@ -381,6 +381,9 @@ impl Breaker {
             return;
         }
         let word = self.word.0.load(Ordering::Acquire);
+        // A call admitted before the last state change says nothing about this period. (The
+        // check and the add below are not one atomic step: a call stalled between them for a
+        // whole open time and half-open period could still add one sample to a fresh window.)
         if gen_of(word) != generation {
             return;
         }
