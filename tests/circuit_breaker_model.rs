@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use palisade::Error;
-use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState, OperatorMode};
 use palisade::classify::{Category, Outcome, Severity, Transience};
 use palisade::policy::{CircuitBreakerPolicy, WindowType};
 use proptest::prelude::*;
@@ -84,6 +84,8 @@ enum Op {
     Finish(usize, bool),
     Cancel(usize),
     Advance(u64),
+    Mode(OperatorMode),
+    Reset,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -100,6 +102,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
         1 => any::<usize>().prop_map(Op::Cancel),
         2 => prop_oneof![Just(100u64), Just(500), Just(1_000), Just(3_000), Just(6_000)].prop_map(Op::Advance),
+        1 => prop_oneof![
+            3 => Just(OperatorMode::Normal),
+            1 => Just(OperatorMode::ForcedOpen),
+            1 => Just(OperatorMode::Disabled),
+            1 => Just(OperatorMode::MetricsOnly),
+        ].prop_map(Op::Mode),
+        1 => Just(Op::Reset),
     ]
 }
 
@@ -175,6 +184,8 @@ enum Admit {
     Closed(u32),
     Probe(u32),
     Reject(u64),
+    /// Let through, recorded by nobody.
+    Pass,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -188,6 +199,7 @@ enum Verdict {
 #[derive(Debug)]
 struct Model {
     rules: Rules,
+    mode: OperatorMode,
     state: CircuitState,
     generation: u32,
     consecutive: u32,
@@ -205,6 +217,7 @@ impl Model {
     fn new(rules: Rules) -> Self {
         Model {
             rules,
+            mode: OperatorMode::Normal,
             state: CircuitState::Closed,
             generation: 0,
             consecutive: 0,
@@ -248,6 +261,27 @@ impl Model {
     }
 
     fn admit(&mut self, now: u64) -> Admit {
+        match self.mode {
+            OperatorMode::Disabled => Admit::Pass,
+            OperatorMode::ForcedOpen => Admit::Reject(OPEN_MS),
+            OperatorMode::MetricsOnly => match self.admit_normally(now) {
+                Admit::Reject(_) => Admit::Pass,
+                admit => admit,
+            },
+            _ => self.admit_normally(now),
+        }
+    }
+
+    fn reset(&mut self, now: u64) {
+        self.state = CircuitState::Closed;
+        self.generation += 1;
+        self.window.clear();
+        self.consecutive = 0;
+        self.streak = 0;
+        self.closed_at = now;
+    }
+
+    fn admit_normally(&mut self, now: u64) -> Admit {
         loop {
             match self.state {
                 CircuitState::Closed => return Admit::Closed(self.generation),
@@ -427,10 +461,19 @@ fn run(rules: Rules, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 Op::Finish(..) | Op::Cancel(_) => {}
                 Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+                Op::Mode(mode) => {
+                    handle.set_mode(mode);
+                    model.mode = mode;
+                }
+                Op::Reset => {
+                    handle.reset();
+                    model.reset(now());
+                }
             }
 
             let m = handle.metrics();
             prop_assert_eq!(m.state, model.state, "step {}: {:?}", step, model);
+            prop_assert_eq!(m.mode, model.mode, "step {}", step);
             let (calls, failures, slows) = model.totals(now());
             match model.state {
                 CircuitState::Closed => {
