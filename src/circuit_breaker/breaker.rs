@@ -265,6 +265,7 @@ impl Breaker {
     }
 
     /// Nanoseconds since this breaker was built, on tokio's (pausable) clock.
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.base))
     }
@@ -370,6 +371,35 @@ impl Breaker {
     /// Records the outcome of a call admitted as [`Admission::Closed`].
     #[inline]
     pub(crate) fn record_closed(
+        &self,
+        stripe: usize,
+        generation: u32,
+        verdict: Verdict,
+        slow: bool,
+        now: Option<u64>,
+    ) {
+        if verdict != Verdict::Success || slow {
+            return self.record_closed_slow(stripe, generation, verdict, slow, now);
+        }
+        // The hot path: a plain success adds to the window and, only if a failure run was
+        // going, ends it.
+        let word = self.word.0.load(Ordering::Acquire);
+        if gen_of(word) != generation {
+            return;
+        }
+        let now = match now {
+            Some(now) => now,
+            None if self.window.needs_clock() => self.now(),
+            None => 0,
+        };
+        self.window.record(now, Sample::SUCCESS, stripe);
+        if count_of(word) != 0 {
+            self.clear_consecutive(word, generation);
+        }
+    }
+
+    #[cold]
+    fn record_closed_slow(
         &self,
         stripe: usize,
         generation: u32,

@@ -34,6 +34,13 @@ pub(crate) struct Sample {
     pub(crate) slow: bool,
 }
 
+impl Sample {
+    pub(crate) const SUCCESS: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+}
+
 /// The sums over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
@@ -79,6 +86,7 @@ impl Window {
         matches!(self, Window::Time(_))
     }
 
+    #[inline]
     pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
         match self {
             Window::Time(w) => w.record(now, sample, stripe),
@@ -134,16 +142,24 @@ pub(crate) fn stripe_count() -> usize {
 }
 
 std::thread_local! {
-    static STRIPE: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    };
+    /// `usize::MAX` until the thread first records.
+    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 /// This thread's stripe number (take it modulo the stripe count).
 #[inline]
 pub(crate) fn thread_stripe() -> usize {
-    STRIPE.try_with(|s| *s).unwrap_or(0)
+    STRIPE
+        .try_with(|s| match s.get() {
+            usize::MAX => {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let stripe = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_STRIPES;
+                s.set(stripe);
+                stripe
+            }
+            stripe => stripe,
+        })
+        .unwrap_or(0)
 }
 
 impl TimeWindow {
@@ -165,6 +181,7 @@ impl TimeWindow {
         self.stripes.iter().flat_map(|s| s.0.iter())
     }
 
+    #[inline]
     pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
         let tick = now / self.bucket_nanos;
         let epoch = tick & EPOCH_MASK;
@@ -255,6 +272,7 @@ impl CountWindow {
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, sample: Sample) {
         let code =
             CALL | if sample.failure { FAILED } else { 0 } | if sample.slow { SLOW } else { 0 };
