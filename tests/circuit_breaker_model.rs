@@ -496,7 +496,11 @@ fn run(rules: Rules, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases unless PROPTEST_CASES says otherwise (CI pins it; a long soak raises it).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn breaker_agrees_with_the_reference_model(rules in rules(), ops in prop::collection::vec(op(), 1..80)) {
