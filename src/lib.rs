@@ -38,9 +38,12 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bulkhead;
 pub mod classify;
 pub mod error;
 pub mod policy;
+pub mod retry;
+pub mod timeout;
 
 pub use error::Error;
 

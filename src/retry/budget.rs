@@ -1,0 +1,233 @@
+//! The retry budget: retries may be at most a share of recent requests plus a small floor,
+//! so that retries cannot multiply the load on a dependency that is already failing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::policy::BudgetPolicy;
+
+const BUCKETS: usize = 10;
+const WITHDRAWALS: u64 = (1 << 32) - 1;
+const DEPOSIT: u64 = 1 << 32;
+
+/// A retry budget shared by every clone of a retry layer (clone it to share it further).
+///
+/// Every request deposits into the budget; every retry withdraws one. Over the last
+/// `window`, retries are allowed while `withdrawn < floor(ratio * requests) +
+/// min_per_second * window`. A retry is withdrawn when it is decided, before its backoff, so
+/// retries waiting in backoff count.
+///
+/// # Cost and precision
+///
+/// The window is ten buckets, each one `AtomicU64` for its epoch and one packing the request
+/// and retry counts: a request costs a clock read and one `fetch_add`, a retry a scan of the
+/// ten buckets; no lock, no allocation. Under contention the budget is approximate: a few
+/// concurrent retries may pass the check together, and a count landing in a bucket while it
+/// is being recycled can be lost.
+#[derive(Clone)]
+pub struct RetryBudget {
+    state: Arc<State>,
+}
+
+struct State {
+    enabled: bool,
+    base: Instant,
+    bucket_nanos: u64,
+    ratio: f64,
+    reserve: u64,
+    buckets: [Bucket; BUCKETS],
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// The bucket's epoch plus one (0: never used).
+    epoch: AtomicU64,
+    /// Requests in the high 32 bits, retries in the low 32.
+    counts: AtomicU64,
+}
+
+impl RetryBudget {
+    /// A budget with these limits.
+    pub fn new(policy: &BudgetPolicy) -> Self {
+        let window = policy.window.max(Duration::from_millis(BUCKETS as u64));
+        let bucket_nanos = u64::try_from(window.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
+        let reserve = (f64::from(policy.min_per_second) * window.as_secs_f64()).floor();
+        RetryBudget {
+            state: Arc::new(State {
+                enabled: policy.enabled,
+                base: Instant::now(),
+                bucket_nanos,
+                ratio: if policy.ratio.is_finite() {
+                    policy.ratio.max(0.0)
+                } else {
+                    0.0
+                },
+                reserve: reserve as u64,
+                buckets: Default::default(),
+            }),
+        }
+    }
+
+    /// A budget that never refuses.
+    pub fn unlimited() -> Self {
+        let mut policy = BudgetPolicy::default();
+        policy.enabled = false;
+        RetryBudget::new(&policy)
+    }
+
+    /// Counts one request.
+    pub fn deposit(&self) {
+        if self.state.enabled {
+            let epoch = self.state.epoch(Instant::now());
+            self.state
+                .bucket(epoch)
+                .counts
+                .fetch_add(DEPOSIT, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one retry from the budget, if it allows one.
+    pub fn try_withdraw(&self) -> bool {
+        let state = &*self.state;
+        if !state.enabled {
+            return true;
+        }
+        let epoch = state.epoch(Instant::now());
+        let (requests, retries) = state.totals(epoch);
+        let allowed = (requests as f64 * state.ratio).floor() as u64 + state.reserve;
+        if retries >= allowed {
+            return false;
+        }
+        state.bucket(epoch).counts.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Retries the budget would allow right now.
+    pub fn remaining(&self) -> u64 {
+        let state = &*self.state;
+        if !state.enabled {
+            return u64::MAX;
+        }
+        let (requests, retries) = state.totals(state.epoch(Instant::now()));
+        ((requests as f64 * state.ratio).floor() as u64 + state.reserve).saturating_sub(retries)
+    }
+}
+
+impl State {
+    fn epoch(&self, now: Instant) -> u64 {
+        let nanos =
+            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        nanos / self.bucket_nanos.max(1)
+    }
+
+    /// The bucket of `epoch`, recycled if it still holds an older epoch's counts.
+    fn bucket(&self, epoch: u64) -> &Bucket {
+        let bucket = &self.buckets[(epoch % BUCKETS as u64) as usize];
+        let tag = epoch + 1;
+        let seen = bucket.epoch.load(Ordering::Acquire);
+        if seen < tag
+            && bucket
+                .epoch
+                .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            bucket.counts.store(0, Ordering::Release);
+        }
+        bucket
+    }
+
+    /// Requests and retries over the buckets still inside the window.
+    fn totals(&self, epoch: u64) -> (u64, u64) {
+        let oldest = (epoch + 1).saturating_sub(BUCKETS as u64 - 1);
+        self.buckets
+            .iter()
+            .filter(|b| {
+                let tag = b.epoch.load(Ordering::Acquire);
+                tag >= oldest && tag <= epoch + 1
+            })
+            .map(|b| b.counts.load(Ordering::Acquire))
+            .fold((0, 0), |(req, ret), c| {
+                (req + (c >> 32), ret + (c & WITHDRAWALS))
+            })
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("enabled", &self.state.enabled)
+            .field("ratio", &self.state.ratio)
+            .field("reserve", &self.state.reserve)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(ratio: f64, min_per_second: u32, window_secs: u64) -> RetryBudget {
+        let mut p = BudgetPolicy::default();
+        p.ratio = ratio;
+        p.min_per_second = min_per_second;
+        p.window = Duration::from_secs(window_secs);
+        RetryBudget::new(&p)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_alone_allows_min_per_second_times_window() {
+        let b = budget(0.0, 1, 10);
+        for _ in 0..10 {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        assert_eq!(b.remaining(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_earn_retries_at_the_ratio_and_expire_with_the_window() {
+        let b = budget(0.2, 0, 10);
+        for _ in 0..20 {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), 4);
+        for _ in 0..4 {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        // Nine seconds on, the requests and retries are still in the window...
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(b.remaining(), 0);
+        // ...a second later the bucket that held them has left it: refilled by new requests.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn withdrawals_expire_so_the_floor_refills() {
+        let b = budget(0.0, 1, 10);
+        for _ in 0..10 {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(b.remaining(), 10);
+        assert!(b.try_withdraw());
+    }
+
+    #[test]
+    fn a_disabled_budget_never_refuses() {
+        let b = RetryBudget::unlimited();
+        for _ in 0..1000 {
+            assert!(b.try_withdraw());
+        }
+    }
+}
