@@ -108,10 +108,10 @@ where
                         }
                         _ => return Poll::Ready(finish(shared, result, *this.attempts, None)),
                     };
-                    let stop = if this.request.is_none() {
-                        Some(RetryStop::NotRetryable)
-                    } else if *this.attempts > shared.policy.max_retries {
+                    let stop = if *this.attempts > shared.policy.max_retries {
                         Some(RetryStop::MaxRetries)
+                    } else if this.request.is_none() {
+                        Some(RetryStop::NotRetryable)
                     } else {
                         None
                     };
