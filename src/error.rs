@@ -269,7 +269,7 @@ impl<Res, E, C: Classify<Res, E>> Classify<Res, Error<E>> for ThroughLayers<C> {
 
 /// Classifies a [`BoxError`] that holds one of palisade's layer errors (after tower's
 /// `map_err(Into::into)`); no opinion on anything else, so chain it with
-/// [`Classify::or`].
+/// [`ClassifyExt::or`](crate::classify::ClassifyExt::or).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LayerErrors;
 

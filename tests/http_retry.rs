@@ -17,17 +17,20 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body::{Body, Frame};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use palisade::classify::{Classify, HttpStatus, TransportErrors};
+use palisade::classify::{Classify, ClassifyExt, HttpStatus, TransportErrors};
 use palisade::policy::{Jitter, RetryPolicy};
 use palisade::retry::{Attempts, HttpRetryLayer, IDEMPOTENCY_KEY, ReplayBody};
 use tower::{Layer, ServiceExt};
 
-/// What the server received: each request's idempotency key and body.
+/// One request as the server saw it: its idempotency key and body.
+type Received = (Option<String>, Bytes);
+
+/// What the server received.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(Option<String>, Bytes)>>>);
+struct Seen(Arc<Mutex<Vec<Received>>>);
 
 impl Seen {
-    fn requests(&self) -> Vec<(Option<String>, Bytes)> {
+    fn requests(&self) -> Vec<Received> {
         self.0.lock().unwrap().clone()
     }
 }
@@ -113,10 +116,7 @@ fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Replay
 }
 
 fn classifier<B>() -> impl Classify<http::Response<B>, hyper_util::client::legacy::Error> + Clone {
-    Classify::<http::Response<B>, hyper_util::client::legacy::Error>::or(
-        HttpStatus::new(),
-        TransportErrors,
-    )
+    HttpStatus::new().or(TransportErrors)
 }
 
 fn post(addr: SocketAddr, key: Option<&str>, body: Chunks) -> Request<Chunks> {

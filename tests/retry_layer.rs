@@ -407,7 +407,7 @@ impl Service<u32> for Reluctant {
     type Future = std::future::Ready<Result<u32, Fault>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Fault>> {
-        if self.polls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.polls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             cx.waker().wake_by_ref();
             Poll::Pending
         } else {

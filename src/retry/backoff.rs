@@ -150,12 +150,13 @@ mod tests {
     use super::*;
 
     fn policy(jitter: Jitter) -> RetryPolicy {
-        let mut p = RetryPolicy::default();
-        p.base_delay = Duration::from_millis(100);
-        p.max_delay = Duration::from_secs(1);
-        p.multiplier = 2.0;
-        p.jitter = jitter;
-        p
+        RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter,
+            ..RetryPolicy::default()
+        }
     }
 
     fn delays(jitter: Jitter, seed: u64, n: usize) -> Vec<Duration> {

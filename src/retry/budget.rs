@@ -74,9 +74,10 @@ impl RetryBudget {
 
     /// A budget that never refuses.
     pub fn unlimited() -> Self {
-        let mut policy = BudgetPolicy::default();
-        policy.enabled = false;
-        RetryBudget::new(&policy)
+        RetryBudget::new(&BudgetPolicy {
+            enabled: false,
+            ..BudgetPolicy::default()
+        })
     }
 
     /// Counts one request.
@@ -172,11 +173,12 @@ mod tests {
     use super::*;
 
     fn budget(ratio: f64, min_per_second: u32, window_secs: u64) -> RetryBudget {
-        let mut p = BudgetPolicy::default();
-        p.ratio = ratio;
-        p.min_per_second = min_per_second;
-        p.window = Duration::from_secs(window_secs);
-        RetryBudget::new(&p)
+        RetryBudget::new(&BudgetPolicy {
+            ratio,
+            min_per_second,
+            window: Duration::from_secs(window_secs),
+            ..BudgetPolicy::default()
+        })
     }
 
     #[tokio::test(start_paused = true)]

@@ -123,18 +123,17 @@ where
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
                     let needed = delay.saturating_add(now - *this.attempt_started);
-                    if let Some(deadline) = Deadline::current() {
-                        if now
+                    if let Some(deadline) = Deadline::current()
+                        && now
                             .checked_add(needed)
                             .is_none_or(|t| t >= deadline.instant())
-                        {
-                            return Poll::Ready(finish(
-                                shared,
-                                result,
-                                *this.attempts,
-                                Some(RetryStop::Deadline),
-                            ));
-                        }
+                    {
+                        return Poll::Ready(finish(
+                            shared,
+                            result,
+                            *this.attempts,
+                            Some(RetryStop::Deadline),
+                        ));
                     }
                     if !shared.budget.try_withdraw() {
                         return Poll::Ready(finish(

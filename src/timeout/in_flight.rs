@@ -95,7 +95,7 @@ impl InFlight {
                 })
             })
             .collect();
-        calls.sort_by(|a, b| b.elapsed.cmp(&a.elapsed));
+        calls.sort_by_key(|call| std::cmp::Reverse(call.elapsed));
         calls
     }
 

@@ -40,12 +40,12 @@
 //!
 //! A [`Timeout`] sets its deadline as the task's [`Deadline`] while it calls and polls the
 //! service inside it. Every timeout below takes `min(own limit, time left)`; a call made
-//! once the deadline has passed fails at once with [`TimeoutKind::DeadlineExpired`] without
+//! once the deadline has passed fails at once with [`TimeoutKind::DeadlineExpired`](crate::error::TimeoutKind::DeadlineExpired) without
 //! reaching the service; and retry will not start an attempt the deadline cannot fit. A
 //! deadline also comes from upstream: a [`Deadline::scope`] around the handler, or, for
 //! `http::Request`s with [`TimeoutLayer::with_grpc_timeout`], the `grpc-timeout` header.
 //! When the upstream deadline is the one that fires, the error says
-//! [`TimeoutKind::Total`] with the time that was left as its limit.
+//! [`TimeoutKind::Total`](crate::error::TimeoutKind::Total) with the time that was left as its limit.
 //!
 //! # In-flight calls
 //!
