@@ -155,6 +155,15 @@ fn tr_bulkhead() -> tower_resilience::bulkhead::BulkheadLayer {
 fn layers(c: &mut Criterion) {
     // Sequential: one service, one thread.
     sequential(c, "baseline (no layer)", noop);
+    // What one read of tokio's clock costs in this build: dev-dependencies turn on tokio's
+    // `test-util`, whose clock takes a mutex on every read (a release build of an
+    // application without `test-util` reads the OS clock directly).
+    sequential(c, "reference: one tokio clock read", || {
+        service_fn(|x: u64| {
+            black_box(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, Never>(x))
+        })
+    });
     sequential(c, "palisade retry", || {
         RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop())
     });
@@ -206,6 +215,12 @@ fn layers(c: &mut Criterion) {
         .build()
         .unwrap();
     concurrent(c, &rt, "baseline (no layer)", noop);
+    concurrent(c, &rt, "reference: one tokio clock read", || {
+        service_fn(|x: u64| {
+            black_box(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, Never>(x))
+        })
+    });
     concurrent(c, &rt, "palisade retry", || {
         RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop())
     });

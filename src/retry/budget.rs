@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,8 +11,9 @@ use tokio::time::Instant;
 use crate::policy::BudgetPolicy;
 
 const BUCKETS: usize = 10;
-const WITHDRAWALS: u64 = (1 << 32) - 1;
-const DEPOSIT: u64 = 1 << 32;
+/// Requests are counted in this many cache lines per bucket, so threads counting at once do
+/// not fight over one line.
+const STRIPES: usize = 8;
 
 /// A retry budget shared by every clone of a retry layer (clone it to share it further).
 ///
@@ -23,11 +24,11 @@ const DEPOSIT: u64 = 1 << 32;
 ///
 /// # Cost and precision
 ///
-/// The window is ten buckets, each one `AtomicU64` for its epoch and one packing the request
-/// and retry counts: a request costs a clock read and one `fetch_add`, a retry a scan of the
-/// ten buckets; no lock, no allocation. Under contention the budget is approximate: a few
-/// concurrent retries may pass the check together, and a count landing in a bucket while it
-/// is being recycled can be lost.
+/// The window is ten buckets. A request costs one clock read (shared with the retry layer's
+/// own) and one relaxed `fetch_add` on a counter striped by thread, each stripe on its own
+/// cache line; a retry sums the buckets and adds one to a shared counter. No lock, no
+/// allocation. Under contention the budget is approximate: concurrent retries may pass the
+/// check together, and a count landing in a bucket while it is being recycled can be lost.
 #[derive(Clone)]
 pub struct RetryBudget {
     state: Arc<State>,
@@ -44,10 +45,22 @@ struct State {
 
 #[derive(Default)]
 struct Bucket {
-    /// The bucket's epoch plus one (0: never used).
+    /// The bucket's epoch plus one (0: never used), and its retries: read by every request,
+    /// written only on recycling and retries.
     epoch: AtomicU64,
-    /// Requests in the high 32 bits, retries in the low 32.
-    counts: AtomicU64,
+    retries: AtomicU64,
+    requests: [Stripe; STRIPES],
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+    };
 }
 
 impl RetryBudget {
@@ -82,12 +95,14 @@ impl RetryBudget {
 
     /// Counts one request.
     pub fn deposit(&self) {
+        self.deposit_at(Instant::now());
+    }
+
+    pub(crate) fn deposit_at(&self, now: Instant) {
         if self.state.enabled {
-            let epoch = self.state.epoch(Instant::now());
-            self.state
-                .bucket(epoch)
-                .counts
-                .fetch_add(DEPOSIT, Ordering::Relaxed);
+            let bucket = self.state.bucket(self.state.epoch(now));
+            let stripe = STRIPE.with(|s| *s);
+            bucket.requests[stripe].0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -99,11 +114,10 @@ impl RetryBudget {
         }
         let epoch = state.epoch(Instant::now());
         let (requests, retries) = state.totals(epoch);
-        let allowed = (requests as f64 * state.ratio).floor() as u64 + state.reserve;
-        if retries >= allowed {
+        if retries >= state.allowed(requests) {
             return false;
         }
-        state.bucket(epoch).counts.fetch_add(1, Ordering::Relaxed);
+        state.bucket(epoch).retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -114,7 +128,7 @@ impl RetryBudget {
             return u64::MAX;
         }
         let (requests, retries) = state.totals(state.epoch(Instant::now()));
-        ((requests as f64 * state.ratio).floor() as u64 + state.reserve).saturating_sub(retries)
+        state.allowed(requests).saturating_sub(retries)
     }
 }
 
@@ -123,6 +137,10 @@ impl State {
         let nanos =
             u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
         nanos / self.bucket_nanos.max(1)
+    }
+
+    fn allowed(&self, requests: u64) -> u64 {
+        ((requests as f64 * self.ratio).floor() as u64).saturating_add(self.reserve)
     }
 
     /// The bucket of `epoch`, recycled if it still holds an older epoch's counts.
@@ -136,7 +154,10 @@ impl State {
                 .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            bucket.counts.store(0, Ordering::Release);
+            for stripe in &bucket.requests {
+                stripe.0.store(0, Ordering::Release);
+            }
+            bucket.retries.store(0, Ordering::Release);
         }
         bucket
     }
@@ -150,9 +171,16 @@ impl State {
                 let tag = b.epoch.load(Ordering::Acquire);
                 tag >= oldest && tag <= epoch + 1
             })
-            .map(|b| b.counts.load(Ordering::Acquire))
-            .fold((0, 0), |(req, ret), c| {
-                (req + (c >> 32), ret + (c & WITHDRAWALS))
+            .fold((0u64, 0u64), |(requests, retries), b| {
+                let bucket_requests = b
+                    .requests
+                    .iter()
+                    .map(|s| s.0.load(Ordering::Acquire))
+                    .fold(0u64, u64::saturating_add);
+                (
+                    requests.saturating_add(bucket_requests),
+                    retries.saturating_add(b.retries.load(Ordering::Acquire)),
+                )
             })
     }
 }

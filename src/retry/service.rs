@@ -100,7 +100,8 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.shared;
-        shared.budget.deposit();
+        let now = Instant::now();
+        shared.budget.deposit_at(now);
         let copy = if shared.policy.max_retries > 0 {
             shared.replay.replay(&request)
         } else {
@@ -111,13 +112,6 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         let attempt = service.call(request);
         let backoff = Backoff::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
-        ResponseFuture::new(
-            self.shared.clone(),
-            service,
-            copy,
-            attempt,
-            backoff,
-            Instant::now(),
-        )
+        ResponseFuture::new(self.shared.clone(), service, copy, attempt, backoff, now)
     }
 }
