@@ -507,4 +507,90 @@ mod tests {
         assert_eq!(e.classification().code, "io_connection_refused");
         assert!(e.into_inner().is_ok());
     }
+
+    fn timeout(kind: TimeoutKind) -> TimeoutError {
+        TimeoutError {
+            kind,
+            operation: "quote".into(),
+            limit: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn flatten_folds_one_level_and_looks_inside_retries() {
+        let nested: Error<Error<std::io::Error>> =
+            Error::Inner(Error::Timeout(timeout(TimeoutKind::Attempt)));
+        assert!(matches!(nested.flatten(), Error::Timeout(t) if t.kind == TimeoutKind::Attempt));
+
+        let retried: Error<Error<std::io::Error>> = Error::RetryBudgetExhausted(Retried {
+            operation: "quote".into(),
+            attempts: 3,
+            stop: RetryStop::BudgetExhausted,
+            last: Box::new(Error::Inner(Error::Timeout(timeout(TimeoutKind::Attempt)))),
+        });
+        let flat = retried.flatten();
+        assert_eq!(flat.attempts(), Some(3));
+        assert!(matches!(flat.last_attempt(), Error::Timeout(_)));
+        assert_eq!(flat.classification().code, "timeout_attempt");
+        assert_eq!(
+            flat.to_string(),
+            "operation `quote` failed after 3 attempt(s) (budget_exhausted): attempt timeout of \
+             250ms elapsed for operation `quote`"
+        );
+
+        let inner: Error<Error<std::io::Error>> = Error::Inner(Error::Inner(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(inner.flatten().into_inner().is_ok());
+    }
+
+    #[test]
+    fn through_layers_judges_layer_errors_itself_and_passes_inner_ones_on() {
+        let only_inner = |r: Result<&(), &std::io::Error>| {
+            r.err().map(|_| {
+                Outcome::failure(
+                    Transience::Persistent,
+                    Category::User,
+                    Severity::Low,
+                    "inner",
+                )
+            })
+        };
+        let c = ThroughLayers(only_inner);
+        let t: Error<std::io::Error> = Error::Timeout(timeout(TimeoutKind::Total));
+        assert_eq!(
+            c.outcome(Err(&t)).classification().unwrap().code,
+            "timeout_total"
+        );
+        let inner: Error<std::io::Error> = Error::Inner(std::io::ErrorKind::Other.into());
+        assert_eq!(
+            c.outcome(Err(&inner)).classification().unwrap().code,
+            "inner"
+        );
+        assert_eq!(c.outcome(Ok(&())), Outcome::Success);
+    }
+
+    #[test]
+    fn boxed_layer_errors_are_recognised_by_layer_errors() {
+        let e: Error<std::io::Error> = Error::BulkheadFull(BulkheadFull {
+            bulkhead: "db".into(),
+            max_concurrent: 1,
+            max_queue: 0,
+            reason: BulkheadRejection::QueueFull,
+        });
+        let boxed = e.into_box_error();
+        assert!(boxed.downcast_ref::<BulkheadFull>().is_some());
+        let outcome = LayerErrors.outcome(Err::<&(), _>(&boxed));
+        assert_eq!(outcome.classification().unwrap().code, "bulkhead_full");
+
+        let other: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::Other));
+        assert_eq!(LayerErrors.classify(Err::<&(), _>(&other)), None);
+        let inner: Error<std::io::Error> = Error::Inner(std::io::ErrorKind::Other.into());
+        assert!(
+            inner
+                .into_box_error()
+                .downcast_ref::<std::io::Error>()
+                .is_some()
+        );
+    }
 }
