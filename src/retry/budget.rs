@@ -134,8 +134,12 @@ impl RetryBudget {
 
 impl State {
     fn epoch(&self, now: Instant) -> u64 {
-        let nanos =
-            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        // Not `as_nanos()`: its 128-bit result would make this a slow 128-bit division.
+        let d = now.saturating_duration_since(self.base);
+        let nanos = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
         nanos / self.bucket_nanos.max(1)
     }
 
