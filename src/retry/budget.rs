@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::policy::BudgetPolicy;
 
 const BUCKETS: usize = 10;
-/// Requests are counted in this many cache lines per bucket, so threads counting at once do
-/// not fight over one line.
+/// Requests are counted in this many cache lines, so threads counting at once do not fight
+/// over one line.
 const STRIPES: usize = 8;
 
 /// A retry budget shared by every clone of a retry layer (clone it to share it further).
@@ -24,11 +24,17 @@ const STRIPES: usize = 8;
 ///
 /// # Cost and precision
 ///
-/// The window is ten buckets. A request costs one clock read (shared with the retry layer's
-/// own) and one relaxed `fetch_add` on a counter striped by thread, each stripe on its own
-/// cache line; a retry sums the buckets and adds one to a shared counter. No lock, no
-/// allocation. Under contention the budget is approximate: concurrent retries may pass the
-/// check together, and a count landing in a bucket while it is being recycled can be lost.
+/// A request costs one relaxed `fetch_add` on a counter striped by thread (each stripe on its
+/// own cache line), and no clock read. Those requests are dated when the budget is next
+/// consulted (a retry, or [`remaining`](Self::remaining)): they are credited to the current
+/// tenth of the window, all of them if the last consultation was less than a window ago,
+/// otherwise `window / elapsed` of them, as if they had arrived evenly since. During an
+/// outage, when the budget matters, it is consulted on every failure and the dating is close;
+/// after a quiet spell it credits the average rate, never a burst of stale requests.
+///
+/// No lock, no allocation. Under contention the budget is approximate: concurrent retries
+/// may pass the check together, and a count landing in a bucket while it is being recycled
+/// can be lost.
 #[derive(Clone)]
 pub struct RetryBudget {
     state: Arc<State>,
@@ -37,19 +43,23 @@ pub struct RetryBudget {
 struct State {
     enabled: bool,
     base: Instant,
+    window_nanos: u64,
     bucket_nanos: u64,
     ratio: f64,
     reserve: u64,
+    /// Requests not yet dated.
+    pending: [Stripe; STRIPES],
+    /// When pending requests were last dated, in nanoseconds since `base`.
+    dated_at: AtomicU64,
     buckets: [Bucket; BUCKETS],
 }
 
 #[derive(Default)]
 struct Bucket {
-    /// The bucket's epoch plus one (0: never used), and its retries: read by every request,
-    /// written only on recycling and retries.
+    /// The bucket's epoch plus one (0: never used).
     epoch: AtomicU64,
+    requests: AtomicU64,
     retries: AtomicU64,
-    requests: [Stripe; STRIPES],
 }
 
 #[derive(Default)]
@@ -67,19 +77,22 @@ impl RetryBudget {
     /// A budget with these limits.
     pub fn new(policy: &BudgetPolicy) -> Self {
         let window = policy.window.max(Duration::from_millis(BUCKETS as u64));
-        let bucket_nanos = u64::try_from(window.as_nanos() / BUCKETS as u128).unwrap_or(u64::MAX);
+        let window_nanos = nanos(window);
         let reserve = (f64::from(policy.min_per_second) * window.as_secs_f64()).floor();
         RetryBudget {
             state: Arc::new(State {
                 enabled: policy.enabled,
                 base: Instant::now(),
-                bucket_nanos,
+                window_nanos,
+                bucket_nanos: (window_nanos / BUCKETS as u64).max(1),
                 ratio: if policy.ratio.is_finite() {
                     policy.ratio.max(0.0)
                 } else {
                     0.0
                 },
                 reserve: reserve as u64,
+                pending: Default::default(),
+                dated_at: AtomicU64::new(0),
                 buckets: Default::default(),
             }),
         }
@@ -95,14 +108,9 @@ impl RetryBudget {
 
     /// Counts one request.
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
-    }
-
-    pub(crate) fn deposit_at(&self, now: Instant) {
         if self.state.enabled {
-            let bucket = self.state.bucket(self.state.epoch(now));
             let stripe = STRIPE.with(|s| *s);
-            bucket.requests[stripe].0.fetch_add(1, Ordering::Relaxed);
+            self.state.pending[stripe].0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -112,7 +120,8 @@ impl RetryBudget {
         if !state.enabled {
             return true;
         }
-        let epoch = state.epoch(Instant::now());
+        let now = state.since_base(Instant::now());
+        let epoch = state.date_pending(now);
         let (requests, retries) = state.totals(epoch);
         if retries >= state.allowed(requests) {
             return false;
@@ -127,24 +136,51 @@ impl RetryBudget {
         if !state.enabled {
             return u64::MAX;
         }
-        let (requests, retries) = state.totals(state.epoch(Instant::now()));
+        let now = state.since_base(Instant::now());
+        let (requests, retries) = state.totals(state.date_pending(now));
         state.allowed(requests).saturating_sub(retries)
     }
 }
 
+/// Nanoseconds in `d`, saturating. Not `as_nanos()`: its 128-bit result would make the
+/// divisions below slow 128-bit ones.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
 impl State {
-    fn epoch(&self, now: Instant) -> u64 {
-        // Not `as_nanos()`: its 128-bit result would make this a slow 128-bit division.
-        let d = now.saturating_duration_since(self.base);
-        let nanos = d
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()));
-        nanos / self.bucket_nanos.max(1)
+    fn since_base(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.base))
     }
 
     fn allowed(&self, requests: u64) -> u64 {
         ((requests as f64 * self.ratio).floor() as u64).saturating_add(self.reserve)
+    }
+
+    /// Credits the requests deposited since the last call to the bucket of `now`; returns
+    /// that bucket's epoch.
+    fn date_pending(&self, now: u64) -> u64 {
+        let epoch = now / self.bucket_nanos;
+        let taken = self
+            .pending
+            .iter()
+            .map(|s| s.0.swap(0, Ordering::AcqRel))
+            .fold(0u64, u64::saturating_add);
+        let since = now.saturating_sub(self.dated_at.swap(now, Ordering::AcqRel));
+        if taken > 0 {
+            let credited = if since <= self.window_nanos {
+                taken
+            } else {
+                // Only the share that fell inside the window, as if they came evenly.
+                (u128::from(taken) * u128::from(self.window_nanos) / u128::from(since)) as u64
+            };
+            self.bucket(epoch)
+                .requests
+                .fetch_add(credited, Ordering::Relaxed);
+        }
+        epoch
     }
 
     /// The bucket of `epoch`, recycled if it still holds an older epoch's counts.
@@ -158,9 +194,7 @@ impl State {
                 .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            for stripe in &bucket.requests {
-                stripe.0.store(0, Ordering::Release);
-            }
+            bucket.requests.store(0, Ordering::Release);
             bucket.retries.store(0, Ordering::Release);
         }
         bucket
@@ -176,13 +210,8 @@ impl State {
                 tag >= oldest && tag <= epoch + 1
             })
             .fold((0u64, 0u64), |(requests, retries), b| {
-                let bucket_requests = b
-                    .requests
-                    .iter()
-                    .map(|s| s.0.load(Ordering::Acquire))
-                    .fold(0u64, u64::saturating_add);
                 (
-                    requests.saturating_add(bucket_requests),
+                    requests.saturating_add(b.requests.load(Ordering::Acquire)),
                     retries.saturating_add(b.retries.load(Ordering::Acquire)),
                 )
             })
@@ -243,6 +272,23 @@ mod tests {
             b.deposit();
         }
         assert_eq!(b.remaining(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_quiet_spell_only_the_average_rate_is_credited() {
+        let b = budget(0.2, 0, 10);
+        // A thousand requests over 100 s without a retry: about 100 fell in the last 10 s.
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(b.remaining(), 20);
+        // Requests arriving while the budget is consulted often are credited in full.
+        for _ in 0..50 {
+            b.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.remaining(), 30);
     }
 
     #[tokio::test(start_paused = true)]

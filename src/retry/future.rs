@@ -2,6 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -24,7 +25,8 @@ pin_project! {
         service: S,
         request: Option<Req>,
         attempts: u32,
-        attempt_started: Instant,
+        // When the attempt was first seen pending; `None` while it has not been.
+        attempt_started: Option<Instant>,
         backoff: Backoff,
         #[pin]
         state: State<S::Future>,
@@ -50,14 +52,13 @@ where
         request: Option<Req>,
         attempt: S::Future,
         backoff: Backoff,
-        started: Instant,
     ) -> Self {
         ResponseFuture {
             shared,
             service,
             request,
             attempts: 1,
-            attempt_started: started,
+            attempt_started: None,
             backoff,
             state: State::Attempt { future: attempt },
         }
@@ -95,7 +96,15 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Attempt { future } => {
-                    let result = ready!(future.poll(cx));
+                    let Poll::Ready(result) = future.poll(cx) else {
+                        // Timed from here, not from the call: an attempt that completes at
+                        // once costs no clock read, and one that waits is timed to within
+                        // its first poll.
+                        if this.attempt_started.is_none() {
+                            *this.attempt_started = Some(Instant::now());
+                        }
+                        return Poll::Pending;
+                    };
                     let shared = &**this.shared;
                     let outcome = shared.classifier.outcome(result.as_ref());
                     let retry_after = match &outcome {
@@ -122,7 +131,11 @@ where
                     let now = Instant::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
-                    let needed = delay.saturating_add(now - *this.attempt_started);
+                    let last = this
+                        .attempt_started
+                        .take()
+                        .map_or(Duration::ZERO, |started| now - started);
+                    let needed = delay.saturating_add(last);
                     if let Some(deadline) = Deadline::current()
                         && now
                             .checked_add(needed)
@@ -180,7 +193,6 @@ where
                         // Unreachable: a retry is only decided with a request in hand.
                         unreachable!("retry decided without a request to send");
                     };
-                    *this.attempt_started = Instant::now();
                     let future = this.service.call(request);
                     this.state.set(State::Attempt { future });
                 }

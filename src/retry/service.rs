@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::backoff::{Backoff, Rng};
@@ -27,8 +26,10 @@ use crate::error::Error;
 /// # Cost
 ///
 /// The success path clones the inner service (as tower's `Retry` does) and a shared `Arc`,
-/// copies the request for a possible retry (`Replay`), reads the clock once for the budget,
-/// and allocates nothing of its own. `S::Error` need not be `Clone`.
+/// copies the request for a possible retry (`Replay`), counts the request in the budget (one
+/// relaxed add), and allocates nothing of its own. It reads the clock only if an attempt is
+/// not done at its first poll (to time the attempt), and on failures. `S::Error` need not be
+/// `Clone`.
 pub struct Retry<S, C, P = CloneRequest> {
     inner: S,
     shared: Arc<Shared<C, P>>,
@@ -100,8 +101,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.shared;
-        let now = Instant::now();
-        shared.budget.deposit_at(now);
+        shared.budget.deposit();
         let copy = if shared.policy.max_retries > 0 {
             shared.replay.replay(&request)
         } else {
@@ -112,6 +112,6 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         let attempt = service.call(request);
         let backoff = Backoff::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
-        ResponseFuture::new(self.shared.clone(), service, copy, attempt, backoff, now)
+        ResponseFuture::new(self.shared.clone(), service, copy, attempt, backoff)
     }
 }
