@@ -6,12 +6,18 @@
 //! runtime (one iteration is one call by each task, so divide the time by 64 for a call).
 //!
 //! Run: `cargo bench --bench layers`.
+//!
+//! Timings on a shared machine are noisy, so the same file also counts instructions, which
+//! noise does not move: with `LAYERS_COUNT=<name>` and `LAYERS_CALLS=<n>` set, it makes `n`
+//! sequential calls through the named service (see `count_instructions`) and exits. Run it
+//! twice under `valgrind --tool=cachegrind --cache-sim=no` with two values of `n`; the
+//! difference in instructions divided by the difference in calls is the cost of one call.
 
 use std::fmt::Debug;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use palisade::bulkhead::BulkheadLayer;
 use palisade::classify::{
     Category, Classification, Classified, SelfClassified, Severity, Transience,
@@ -255,4 +261,85 @@ criterion_group! {
         .sample_size(30);
     targets = layers
 }
-criterion_main!(benches);
+
+/// Makes `calls` sequential calls through the service named `name`.
+fn count_instructions(name: &str, calls: u64) {
+    async fn run<S>(mut service: S, calls: u64)
+    where
+        S: Service<u64>,
+        S::Error: Debug,
+    {
+        drive(&mut service, calls).await;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match name {
+            "baseline" => run(noop(), calls).await,
+            "palisade-retry" => {
+                run(
+                    RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "palisade-timeout" => {
+                run(
+                    TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "palisade-bulkhead" => {
+                run(
+                    BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-timeout" => {
+                run(
+                    tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-concurrency-limit" => {
+                run(
+                    tower::limit::ConcurrencyLimitLayer::new(100).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-resilience-retry" => run(tr_retry().layer(noop()), calls).await,
+            "tower-resilience-timelimiter" => run(tr_timelimiter().layer(noop()), calls).await,
+            "tower-resilience-bulkhead" => run(tr_bulkhead().layer(noop()), calls).await,
+            "clock" => {
+                run(
+                    service_fn(|x: u64| {
+                        black_box(tokio::time::Instant::now());
+                        std::future::ready(Ok::<_, Never>(x))
+                    }),
+                    calls,
+                )
+                .await
+            }
+            other => panic!("unknown service `{other}`"),
+        }
+    });
+}
+
+fn main() {
+    if let Ok(name) = std::env::var("LAYERS_COUNT") {
+        let calls = std::env::var("LAYERS_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        count_instructions(&name, calls);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

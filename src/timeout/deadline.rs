@@ -1,14 +1,30 @@
 //! The deadline of the task: set by a timeout layer or an upstream caller, read by every
 //! layer below it.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::futures::TaskLocalFuture;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-tokio::task_local! {
-    static CURRENT: Deadline;
+thread_local! {
+    /// The deadline of the task being polled on this thread. Set only for the duration of a
+    /// poll (or a call) by [`Deadline::sync_scope`], so it follows the task, like tokio's
+    /// `task_local!`, at the cost of two `Cell` swaps (tokio's `RefCell` and lazy
+    /// initialisation cost several times that, on every call of every timeout layer).
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Puts the previous deadline back when a scope ends, unwinding included.
+struct Restore(Option<Deadline>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        CURRENT.set(self.0);
+    }
 }
 
 /// A point in time by which a call must be done, on tokio's clock (so it follows
@@ -58,7 +74,7 @@ impl Deadline {
 
     /// The deadline of the current task, if a timeout layer or [`Deadline::scope`] set one.
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|d| *d).ok()
+        CURRENT.get()
     }
 
     /// The earlier of this deadline and the current task's.
@@ -70,15 +86,39 @@ impl Deadline {
         }
     }
 
-    /// Runs `future` with this deadline as the task's deadline (if it is earlier than the one
-    /// already in force, which it never extends).
-    pub fn scope<F: Future>(self, future: F) -> TaskLocalFuture<Deadline, F> {
-        CURRENT.scope(self.min_with_current(), future)
+    /// Runs `future` with this deadline as the task's deadline, or the one in force when the
+    /// future is polled if that is earlier (a scope never extends a deadline).
+    pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
+        Scoped {
+            deadline: self,
+            future,
+        }
     }
 
     /// Runs `f` with exactly this deadline as the task's deadline.
     pub(crate) fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let _restore = Restore(CURRENT.replace(Some(self)));
+        f()
+    }
+}
+
+pin_project! {
+    /// A future run with a [`Deadline`] in force. Made by [`Deadline::scope`].
+    #[derive(Debug)]
+    pub struct Scoped<F> {
+        deadline: Deadline,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let deadline = this.deadline.min_with_current();
+        deadline.sync_scope(|| this.future.poll(cx))
     }
 }
 
@@ -189,6 +229,7 @@ mod tests {
             .scope(async move { tighter.scope(async { Deadline::current() }).await })
             .await;
         assert_eq!(seen, Some(tighter));
+        assert_eq!(Deadline::current(), None, "a scope ends with its future's poll");
         tokio::time::advance(Duration::from_millis(400)).await;
         assert_eq!(outer.remaining(), Duration::from_millis(600));
     }

@@ -52,9 +52,13 @@ impl InFlight {
     /// Slots of the [global](InFlight::global) registry.
     pub const DEFAULT_CAPACITY: usize = 4096;
 
-    /// A registry listing up to `capacity` calls at once (at least one).
+    /// A registry listing up to `capacity` calls at once, rounded up to a power of two.
     pub fn with_capacity(capacity: usize) -> Self {
-        let slots = (0..capacity.max(1)).map(|_| AtomicU64::new(0)).collect();
+        let capacity = capacity
+            .max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 20);
+        let slots = (0..capacity).map(|_| AtomicU64::new(0)).collect();
         InFlight {
             registry: Arc::new(Registry {
                 base: Instant::now(),
@@ -148,10 +152,17 @@ impl InFlight {
     pub(crate) fn start(&self, id: u16, now: Instant) -> Option<usize> {
         let registry = &*self.registry;
         let value = (u64::from(id) << TIME_BITS) | (micros_since(registry.base, now) & TIME_MASK);
-        let len = registry.slots.len();
-        let first = HINT.with(Cell::get) % len;
-        for offset in 0..len {
-            let index = (first + offset) % len;
+        // The capacity is a power of two: masks, not divisions.
+        let mask = registry.slots.len() - 1;
+        let stored = HINT.get();
+        let hint = if stored == usize::MAX {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            NEXT.fetch_add(64, Ordering::Relaxed)
+        } else {
+            stored
+        };
+        for offset in 0..=mask {
+            let index = hint.wrapping_add(offset) & mask;
             let slot = &registry.slots[index];
             if slot.load(Ordering::Relaxed) == 0
                 && slot
@@ -159,7 +170,9 @@ impl InFlight {
                     .is_ok()
             {
                 // The next call on this thread most likely finds this slot free again.
-                HINT.with(|hint| hint.set(index));
+                if index != stored {
+                    HINT.set(index);
+                }
                 return Some(index);
             }
         }
@@ -188,12 +201,9 @@ impl fmt::Debug for InFlight {
 }
 
 thread_local! {
-    /// Where this thread starts looking for a free slot: spread threads 64 slots apart
-    /// (eight cache lines) so they do not fight over the same line.
-    static HINT: Cell<usize> = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        Cell::new(NEXT.fetch_add(64, Ordering::Relaxed))
-    };
+    /// Where this thread starts looking for a free slot (`usize::MAX`: not chosen yet).
+    /// Threads start 64 slots (eight cache lines) apart so they do not fight over a line.
+    static HINT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 fn micros_since(base: Instant, now: Instant) -> u64 {

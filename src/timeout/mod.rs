@@ -65,7 +65,7 @@ mod in_flight;
 mod layer;
 mod service;
 
-pub use deadline::{Deadline, RequestDeadline, TaskDeadlineOnly, parse_grpc_timeout};
+pub use deadline::{Deadline, RequestDeadline, Scoped, TaskDeadlineOnly, parse_grpc_timeout};
 #[cfg(feature = "http")]
 pub use deadline::{GRPC_TIMEOUT, GrpcTimeoutHeader};
 pub use future::ResponseFuture;
