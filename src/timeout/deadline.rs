@@ -229,7 +229,11 @@ mod tests {
             .scope(async move { tighter.scope(async { Deadline::current() }).await })
             .await;
         assert_eq!(seen, Some(tighter));
-        assert_eq!(Deadline::current(), None, "a scope ends with its future's poll");
+        assert_eq!(
+            Deadline::current(),
+            None,
+            "a scope ends with its future's poll"
+        );
         tokio::time::advance(Duration::from_millis(400)).await;
         assert_eq!(outer.remaining(), Duration::from_millis(600));
     }
