@@ -116,6 +116,24 @@ async fn beyond_the_queue_calls_fail_fast_without_reaching_the_service() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_rejection_is_not_stale_when_polled_again() {
+    let layer = BulkheadLayer::unshared("db", &limits(1, 0, 0));
+    let mut holder = layer.layer(Gate::default());
+    assert!(poll_ready(&mut holder).is_ready());
+    let mut other = layer.layer(Gate::default());
+    // Ready, but only to be turned away...
+    assert!(poll_ready(&mut other).is_ready());
+    drop(holder);
+    // ...and after the permit came back, polled again, it takes the permit.
+    assert!(poll_ready(&mut other).is_ready());
+    assert_eq!(layer.available_permits(), 0);
+    let (open, rx) = oneshot::channel();
+    open.send(()).unwrap();
+    other.call(rx).await.unwrap();
+    assert_eq!(layer.available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waiter_gives_up_after_max_wait() {
     let layer = BulkheadLayer::unshared("slow", &limits(1, 5, 250));
     let service = layer.layer(Gate::default());

@@ -24,7 +24,8 @@ use crate::error::{BulkheadFull, BulkheadRejection, Error};
 /// When the queue is full, or the wait runs out, `poll_ready` still returns `Ready(Ok)`, and
 /// the next `call` fails at once with [`Error::BulkheadFull`] without reaching the inner
 /// service: the service stays usable (an error from `poll_ready` would make most callers
-/// drop it), and the rejection reaches the caller of that request.
+/// drop it), and the rejection reaches the caller of that request. Polling readiness again
+/// before that `call` looks again, so a rejection never outlives the moment it was decided.
 ///
 /// # Fairness and cost
 ///
@@ -118,6 +119,10 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A rejection decided by an earlier poll is stale now: look again.
+        if let State::Rejected(_) = self.state {
+            self.state = State::Idle;
+        }
         loop {
             match &mut self.state {
                 State::Reserved(_) => return self.inner.poll_ready(cx).map_err(Error::Inner),
