@@ -233,6 +233,11 @@ fn layers(c: &mut Criterion) {
     concurrent(c, &rt, "palisade timeout", || {
         TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop())
     });
+    concurrent(c, &rt, "palisade timeout (no in-flight list)", || {
+        TimeoutLayer::attempt("bench", &timeout_policy())
+            .without_in_flight()
+            .layer(noop())
+    });
     concurrent(c, &rt, "palisade bulkhead", || {
         BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop())
     });
