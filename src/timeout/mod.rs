@@ -44,6 +44,8 @@
 //! reaching the service; and retry will not start an attempt the deadline cannot fit. A
 //! deadline also comes from upstream: a [`Deadline::scope`] around the handler, or, for
 //! `http::Request`s with [`TimeoutLayer::with_grpc_timeout`], the `grpc-timeout` header.
+//! On the way out, [`PropagateDeadlineLayer`] writes the time left into the `grpc-timeout`
+//! header of a client's requests, so the next server knows it too.
 //! When the upstream deadline is the one that fires, the error says
 //! [`TimeoutKind::Total`](crate::error::TimeoutKind::Total) with the time that was left as its limit.
 //!
@@ -63,6 +65,8 @@ mod deadline;
 mod future;
 mod in_flight;
 mod layer;
+#[cfg(feature = "http")]
+mod propagate;
 mod service;
 
 pub use deadline::{Deadline, RequestDeadline, Scoped, TaskDeadlineOnly, parse_grpc_timeout};
@@ -71,4 +75,6 @@ pub use deadline::{GRPC_TIMEOUT, GrpcTimeoutHeader};
 pub use future::ResponseFuture;
 pub use in_flight::{InFlight, InFlightCall};
 pub use layer::TimeoutLayer;
+#[cfg(feature = "http")]
+pub use propagate::{PropagateDeadline, PropagateDeadlineLayer, format_grpc_timeout};
 pub use service::Timeout;
