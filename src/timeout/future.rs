@@ -7,8 +7,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use super::InFlight;
 use super::deadline::Deadline;
-use super::layer::Shared;
 use crate::error::{Error, TimeoutError, TimeoutKind};
 
 pin_project! {
@@ -19,7 +19,7 @@ pin_project! {
         state: State<F>,
         #[pin]
         timer: Timer,
-        call: CallGuard,
+        call: Listing,
     }
 }
 
@@ -41,17 +41,42 @@ pin_project! {
     }
 }
 
-/// Frees the in-flight slot when the call ends, however it ends.
+/// Where the call is listed: who frees its slot when it ends, however it ends, and who knows
+/// the operation's name for an error. A call listed in the global registry holds no reference
+/// count, so concurrent calls share no written cache line through it.
 #[derive(Debug)]
-struct CallGuard {
-    shared: Arc<Shared>,
-    slot: Option<Option<usize>>,
+pub(crate) enum Listing {
+    /// Not listed; the future keeps the name.
+    Off(Arc<str>),
+    Global {
+        registry: &'static InFlight,
+        id: u16,
+        slot: Option<usize>,
+    },
+    Custom {
+        registry: InFlight,
+        id: u16,
+        slot: Option<usize>,
+    },
 }
 
-impl Drop for CallGuard {
+impl Listing {
+    fn operation(&self) -> Arc<str> {
+        let found = match self {
+            Listing::Off(name) => return name.clone(),
+            Listing::Global { registry, id, .. } => registry.operation_name(*id),
+            Listing::Custom { registry, id, .. } => registry.operation_name(*id),
+        };
+        found.unwrap_or_else(|| Arc::from("unknown"))
+    }
+}
+
+impl Drop for Listing {
     fn drop(&mut self) {
-        if let (Some(slot), Some((registry, _))) = (self.slot.take(), &self.shared.in_flight) {
-            registry.finish(slot);
+        match self {
+            Listing::Off(_) => {}
+            Listing::Global { registry, slot, .. } => registry.finish(*slot),
+            Listing::Custom { registry, slot, .. } => registry.finish(*slot),
         }
     }
 }
@@ -59,11 +84,10 @@ impl Drop for CallGuard {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
-        shared: Arc<Shared>,
+        listing: Listing,
         deadline: Deadline,
         kind: TimeoutKind,
         limit: Duration,
-        slot: Option<Option<usize>>,
     ) -> Self {
         ResponseFuture {
             state: State::Running {
@@ -73,15 +97,15 @@ impl<F> ResponseFuture<F> {
                 limit,
             },
             timer: Timer::Unarmed,
-            call: CallGuard { shared, slot },
+            call: listing,
         }
     }
 
-    pub(crate) fn expired(shared: Arc<Shared>) -> Self {
+    pub(crate) fn expired(operation: Arc<str>) -> Self {
         ResponseFuture {
             state: State::Expired,
             timer: Timer::Unarmed,
-            call: CallGuard { shared, slot: None },
+            call: Listing::Off(operation),
         }
     }
 }
@@ -98,7 +122,7 @@ where
             StateProj::Expired => {
                 return Poll::Ready(Err(Error::Timeout(TimeoutError {
                     kind: TimeoutKind::DeadlineExpired,
-                    operation: this.call.shared.operation.clone(),
+                    operation: this.call.operation(),
                     limit: Duration::ZERO,
                 })));
             }
@@ -124,7 +148,7 @@ where
         }
         Poll::Ready(Err(Error::Timeout(TimeoutError {
             kind,
-            operation: this.call.shared.operation.clone(),
+            operation: this.call.operation(),
             limit,
         })))
     }

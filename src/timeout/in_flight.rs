@@ -147,6 +147,21 @@ impl InFlight {
         u16::try_from(index + 1).ok()
     }
 
+    /// Whether this is the [global](InFlight::global) registry.
+    pub(crate) fn is_global(&self) -> bool {
+        Arc::ptr_eq(&self.registry, &InFlight::global().registry)
+    }
+
+    /// The name registered under `id`.
+    pub(crate) fn operation_name(&self, id: u16) -> Option<Arc<str>> {
+        let operations = self
+            .registry
+            .operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        operations.get(usize::from(id).checked_sub(1)?).cloned()
+    }
+
     /// Records a call of operation `id` starting `now`; returns its slot, or `None` if it
     /// went to the untracked count.
     pub(crate) fn start(&self, id: u16, now: Instant) -> Option<usize> {

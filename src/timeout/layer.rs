@@ -22,7 +22,26 @@ pub(crate) struct Shared {
     pub(crate) operation: Arc<str>,
     pub(crate) kind: TimeoutKind,
     pub(crate) limit: Duration,
-    pub(crate) in_flight: Option<(InFlight, u16)>,
+    pub(crate) in_flight: ListIn,
+}
+
+/// Where a layer lists its calls.
+#[derive(Clone, Debug)]
+pub(crate) enum ListIn {
+    Nowhere,
+    /// The global registry, under this operation id: futures need no reference count.
+    Global(&'static InFlight, u16),
+    Registry(InFlight, u16),
+}
+
+impl ListIn {
+    fn new(registry: &InFlight, operation: &Arc<str>) -> Self {
+        match registry.operation_id(operation) {
+            None => ListIn::Nowhere,
+            Some(id) if registry.is_global() => ListIn::Global(InFlight::global(), id),
+            Some(id) => ListIn::Registry(registry.clone(), id),
+        }
+    }
 }
 
 impl TimeoutLayer {
@@ -30,10 +49,7 @@ impl TimeoutLayer {
     /// for `operation`, listed in [`InFlight::global`].
     pub fn new(operation: impl Into<Arc<str>>, kind: TimeoutKind, limit: Duration) -> Self {
         let operation = operation.into();
-        let in_flight = InFlight::global();
-        let in_flight = in_flight
-            .operation_id(&operation)
-            .map(|id| (in_flight.clone(), id));
+        let in_flight = ListIn::new(InFlight::global(), &operation);
         TimeoutLayer {
             shared: Arc::new(Shared {
                 operation,
@@ -71,9 +87,7 @@ impl<X> TimeoutLayer<X> {
     #[must_use]
     pub fn with_in_flight(self, in_flight: &InFlight) -> Self {
         let mut shared = self.shared_parts();
-        shared.in_flight = in_flight
-            .operation_id(&shared.operation)
-            .map(|id| (in_flight.clone(), id));
+        shared.in_flight = ListIn::new(in_flight, &shared.operation);
         TimeoutLayer {
             shared: Arc::new(shared),
             extract: self.extract,
@@ -84,7 +98,7 @@ impl<X> TimeoutLayer<X> {
     #[must_use]
     pub fn without_in_flight(self) -> Self {
         let mut shared = self.shared_parts();
-        shared.in_flight = None;
+        shared.in_flight = ListIn::Nowhere;
         TimeoutLayer {
             shared: Arc::new(shared),
             extract: self.extract,

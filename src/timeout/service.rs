@@ -6,6 +6,8 @@ use tower_service::Service;
 
 use super::ResponseFuture;
 use super::deadline::{Deadline, RequestDeadline, TaskDeadlineOnly};
+use super::future::Listing;
+use super::layer::ListIn;
 use super::layer::Shared;
 use crate::error::{Error, TimeoutKind};
 
@@ -64,18 +66,27 @@ where
         };
         let (deadline, kind, limit) = match upstream {
             Some(up) if up.instant() <= now => {
-                return ResponseFuture::expired(self.shared.clone());
+                return ResponseFuture::expired(shared.operation.clone());
             }
             // The deadline from upstream binds: report it as the total budget it is, with
             // the time that was left.
             Some(up) if up < own => (up, TimeoutKind::Total, up.instant() - now),
             _ => (own, shared.kind, shared.limit),
         };
-        let slot = shared
-            .in_flight
-            .as_ref()
-            .map(|(registry, id)| registry.start(*id, now));
+        let listing = match &shared.in_flight {
+            ListIn::Nowhere => Listing::Off(shared.operation.clone()),
+            ListIn::Global(registry, id) => Listing::Global {
+                registry,
+                id: *id,
+                slot: registry.start(*id, now),
+            },
+            ListIn::Registry(registry, id) => Listing::Custom {
+                slot: registry.start(*id, now),
+                registry: registry.clone(),
+                id: *id,
+            },
+        };
         let inner = deadline.sync_scope(|| self.inner.call(request));
-        ResponseFuture::new(inner, self.shared.clone(), deadline, kind, limit, slot)
+        ResponseFuture::new(inner, listing, deadline, kind, limit)
     }
 }
