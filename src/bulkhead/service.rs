@@ -78,6 +78,11 @@ impl<S> Bulkhead<S> {
     }
 
     fn rejection(&self, reason: BulkheadRejection) -> BulkheadFull {
+        tracing::debug!(
+            bulkhead = %self.partition.name,
+            reason = %reason,
+            "palisade: bulkhead full, call rejected"
+        );
         BulkheadFull {
             bulkhead: self.partition.name.clone(),
             max_concurrent: self.partition.max_concurrent,

@@ -157,6 +157,12 @@ where
                         ));
                     }
                     drop(result);
+                    tracing::debug!(
+                        operation = %shared.operation,
+                        attempt = *this.attempts,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        "palisade: retrying after a transient failure"
+                    );
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
@@ -225,6 +231,14 @@ where
 }
 
 fn retried<C, P, E>(shared: &Shared<C, P>, e: E, attempts: u32, stop: RetryStop) -> Error<E> {
+    if stop != RetryStop::NotRetryable {
+        tracing::debug!(
+            operation = %shared.operation,
+            attempts,
+            stop = stop.as_str(),
+            "palisade: giving up retrying"
+        );
+    }
     let retried = Retried {
         operation: shared.operation.clone(),
         attempts,

@@ -146,10 +146,17 @@ where
         if let TimerProj::Armed { sleep } = this.timer.project() {
             ready!(sleep.poll(cx));
         }
-        Poll::Ready(Err(Error::Timeout(TimeoutError {
+        let error = TimeoutError {
             kind,
             operation: this.call.operation(),
             limit,
-        })))
+        };
+        tracing::debug!(
+            operation = %error.operation,
+            kind = kind.as_str(),
+            limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            "palisade: timeout fired"
+        );
+        Poll::Ready(Err(Error::Timeout(error)))
     }
 }
