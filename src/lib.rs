@@ -38,10 +38,13 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
 pub mod policy;
+pub mod retry;
+pub mod timeout;
 
 pub use error::Error;
 
