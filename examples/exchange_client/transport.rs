@@ -35,7 +35,8 @@ pub const X_MBX_APIKEY: &str = "x-mbx-apikey";
 pub struct TransportError(#[source] reqwest::Error);
 
 impl TransportError {
-    fn new(err: reqwest::Error) -> Self {
+    /// Wraps a reqwest error, dropping the URL it carries (a signed URL holds the signature).
+    pub fn from_reqwest(err: reqwest::Error) -> Self {
         TransportError(err.without_url())
     }
 }
@@ -347,13 +348,13 @@ impl Inner {
         let response = builder
             .send()
             .await
-            .map_err(|e| palisade::Error::Inner(TransportError::new(e)))?;
+            .map_err(|e| palisade::Error::Inner(TransportError::from_reqwest(e)))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| palisade::Error::Inner(TransportError::new(e)))?;
+            .map_err(|e| palisade::Error::Inner(TransportError::from_reqwest(e)))?;
         tracing::debug!(
             operation = op.as_str(),
             status = status.as_u16(),
