@@ -26,7 +26,9 @@ use crate::clock::{ServerClock, WallClock};
 use crate::error::ExchangeError;
 use crate::governor::{Governed, GovernorConfig, GovernorLayer, WeightGovernor};
 use crate::report::CallStats;
-use crate::transport::{ApiRequest, ApiResponse, Credentials, Operation, RestTransport};
+use crate::transport::{
+    ApiRequest, ApiResponse, Credentials, Operation, RestTransport, SendLatency,
+};
 
 /// The name of the code table in `policies.yaml`.
 pub const CODE_TABLE: &str = "binance";
@@ -296,7 +298,6 @@ impl ExchangeClient {
         }
         loop {
             attempts += 1;
-            let attempt_started = Instant::now();
             let mut stack = self.stack.clone();
             let result = match stack.ready().await {
                 Ok(ready) => ready.call(request.clone()).await,
@@ -307,7 +308,13 @@ impl ExchangeClient {
                 let mut stats = self.lock_stats();
                 stats.attempts += 1;
                 stats.operations.entry(operation).or_default().attempts += 1;
-                stats.attempt_latencies.push(attempt_started.elapsed());
+                if let Some(SendLatency(latency)) = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.extensions().get::<SendLatency>())
+                {
+                    stats.attempt_latencies.push(*latency);
+                }
                 if let Outcome::Failure(class) = &outcome {
                     stats.attempt_failed(class);
                 }

@@ -47,7 +47,8 @@ pub struct CallStats {
     pub backoff_slept: Duration,
     /// Clock resyncs after `-1021`.
     pub time_resyncs: u32,
-    /// Latency of every attempt (governor waits excluded).
+    /// Latency of every answered attempt, from sending to the body read (governor waits,
+    /// backoff and attempts that got no answer excluded).
     pub attempt_latencies: Vec<Duration>,
     /// Latency of every call, retries and waits included.
     pub call_latencies: Vec<Duration>,
@@ -183,8 +184,11 @@ impl fmt::Display for Report {
             f,
             "breaker      n/a: palisade's CircuitBreakerLayer is not on this branch yet"
         )?;
-        writeln!(f, "latency")?;
-        latency_line(f, "attempt", &c.attempt_latencies)?;
+        writeln!(
+            f,
+            "latency      answered = one attempt, send to answer; call = waits and retries included"
+        )?;
+        latency_line(f, "answered", &c.attempt_latencies)?;
         latency_line(f, "call", &c.call_latencies)?;
         writeln!(f, "per operation            calls  attempts  failed")?;
         for (op, s) in &c.operations {

@@ -29,6 +29,11 @@ pub type StackError = palisade::Error<TransportError>;
 /// The header that carries the API key.
 pub const X_MBX_APIKEY: &str = "x-mbx-apikey";
 
+/// How long an answered attempt took from sending to its body being read (governor waits
+/// excluded); in the response's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLatency(pub std::time::Duration);
+
 /// A request could not be sent or its answer not read. Never holds the request's URL.
 #[derive(Debug, thiserror::Error)]
 #[error("transport error")]
@@ -345,6 +350,7 @@ impl Inner {
             builder = builder.header(X_MBX_APIKEY, self.credentials.header.clone());
         }
         tracing::debug!(operation = op.as_str(), "sending");
+        let sent = tokio::time::Instant::now();
         let response = builder
             .send()
             .await
@@ -363,6 +369,7 @@ impl Inner {
         let mut answer = http::Response::new(Vec::from(body));
         *answer.status_mut() = status;
         *answer.headers_mut() = headers;
+        answer.extensions_mut().insert(SendLatency(sent.elapsed()));
         Ok(answer)
     }
 
