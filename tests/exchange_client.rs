@@ -504,3 +504,61 @@ fn fixed_point_amounts_parse_strictly() {
     assert_eq!(mock::parse_fixed("."), None);
     assert_eq!(mock::format_fixed(123_456_789), "1.23456789");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_order_is_placed_once() {
+    // The exchange takes the order but answers after the attempt timeout (2 s): the client
+    // retries with the same newClientOrderId, and the exchange recognises it.
+    let plan = FaultPlan::new().at(
+        1,
+        Fault::Slow {
+            delay: Duration::from_secs(5),
+        },
+    );
+    let (mock, client) = start(plan).await;
+    let order = NewOrder {
+        symbol: "ETHUSDT".into(),
+        side: Side::Buy,
+        quantity: "0.5".into(),
+        price: "2900".into(),
+    };
+    let ack = client.place_order(&order).await.unwrap();
+    assert_eq!(ack.status, "NEW");
+    let stats = client.stats();
+    assert_eq!(stats.retries, 1);
+    assert_eq!(stats.failures_with_code("timeout_attempt"), 1);
+    let exchange = mock.stats();
+    assert_eq!(exchange.requests, 2);
+    assert_eq!(exchange.orders_placed, 1, "one order, not two");
+    assert_eq!(mock.open_orders(), 1);
+    assert_eq!(
+        mock.balance("USDT"),
+        Some(("8550.00000000".into(), "1450.00000000".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_governor_learns_the_window_from_the_header_name() {
+    // A 10-second window (X-MBX-USED-WEIGHT-10S): the client, configured for a minute,
+    // waits for the 10-second boundary, not the minute.
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 50;
+    config.window = Duration::from_secs(10);
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 50,
+        threshold: 0.8,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    let started = Instant::now();
+    for _ in 0..30 {
+        client.ticker_price("BNBUSDT").await.unwrap();
+    }
+    let exchange = mock.stats();
+    assert_eq!(exchange.weight_refusals, 0);
+    assert_eq!(client.governor().stats().weight_waits, 1);
+    let resumed = exchange.arrivals[20].at - started;
+    assert!(resumed >= Duration::from_secs(10), "{resumed:?}");
+    assert!(resumed < Duration::from_secs(11), "{resumed:?}");
+}
