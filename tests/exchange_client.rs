@@ -562,3 +562,26 @@ async fn the_governor_learns_the_window_from_the_header_name() {
     assert!(resumed >= Duration::from_secs(10), "{resumed:?}");
     assert!(resumed < Duration::from_secs(11), "{resumed:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_sync_held_by_the_governor_measures_only_the_round_trip() {
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 100;
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 100,
+        threshold: 0.8,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    for _ in 0..40 {
+        client.ticker_price("BTCUSDT").await.unwrap(); // the whole budget: 80
+    }
+    let started = Instant::now();
+    let offset = client.sync_time().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(59), "it waited for the window");
+    // Both clocks read the same time: the wait before sending is not half a round trip.
+    assert!(offset.abs() <= 5, "offset {offset} ms");
+    // And signed requests after it are accepted.
+    client.account().await.unwrap();
+}

@@ -225,10 +225,22 @@ impl ExchangeClient {
 
     /// Learns the offset between our clock and the exchange's; returns it in milliseconds.
     pub async fn sync_time(&self) -> Result<i64, ExchangeError> {
-        let before = self.clock.local().now_ms();
-        let server = self.server_time().await?;
-        let after = self.clock.local().now_ms();
-        self.clock.sync(server, before + (after - before) / 2);
+        let response = self.execute(ApiRequest::new(Operation::Time)).await?;
+        let answered = self.clock.local().now_ms();
+        // The exchange read its clock about half a round trip before the answer arrived.
+        // Only the send-to-answer time counts: a wait in the governor before sending does not.
+        let round_trip = response
+            .extensions()
+            .get::<SendLatency>()
+            .map_or(0, |SendLatency(d)| {
+                i64::try_from(d.as_millis()).unwrap_or(0)
+            });
+        let time: ServerTime =
+            serde_json::from_slice(response.body()).map_err(|e| ExchangeError::Decode {
+                operation: Operation::Time,
+                detail: e.to_string(),
+            })?;
+        self.clock.sync(time.server_time, answered - round_trip / 2);
         tracing::info!(offset_ms = self.clock.offset_ms(), "clock synchronised");
         Ok(self.clock.offset_ms())
     }

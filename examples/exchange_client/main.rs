@@ -59,7 +59,7 @@ use crate::transport::{Credentials, Secret};
 struct Args {
     /// Seed of the fault schedule, the prices and the backoff jitter; the same seed replays
     /// the same session.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     seed: u64,
     /// Calls the scripted session makes (retries not counted).
     #[arg(long, default_value_t = 60)]

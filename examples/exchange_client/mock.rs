@@ -57,9 +57,10 @@ pub enum Fault {
         /// How late.
         delay: Duration,
     },
-    /// `-1021` (timestamp outside recvWindow); signed requests only.
+    /// `-1021` (timestamp outside recvWindow). Signed requests only: scheduled on an
+    /// unsigned one, it waits for the next signed request.
     Timestamp,
-    /// A rejection with this exchange code; signed requests only.
+    /// A rejection with this exchange code. Signed requests only, like `Timestamp`.
     Reject {
         /// `-2010`, `-2011`, ...
         code: i64,
@@ -236,7 +237,7 @@ pub struct Arrival {
 pub struct MockStats {
     /// Requests received.
     pub requests: u64,
-    /// Faults injected (scheduled faults whose request qualified).
+    /// Faults injected (a signed-only fault counts when a signed request takes it).
     pub faults_injected: u64,
     /// The injected faults, by arrival number.
     pub injected: Vec<(u64, Fault)>,
@@ -271,6 +272,8 @@ struct Book {
     window_index: i64,
     used: u32,
     paused_until: Option<Instant>,
+    /// A signed-only fault scheduled on an unsigned request, waiting for a signed one.
+    deferred: Option<Fault>,
     balances: BTreeMap<String, (i128, i128)>,
     orders: BTreeMap<u64, Order>,
     by_client_id: HashMap<String, u64>,
@@ -325,6 +328,7 @@ impl MockExchange {
                 window_index: -1,
                 used: 0,
                 paused_until: None,
+                deferred: None,
                 balances,
                 orders: BTreeMap::new(),
                 by_client_id: HashMap::new(),
@@ -517,12 +521,19 @@ impl Shared {
         }
         let signed = operation.is_some_and(Operation::signed);
         let mut delay = None;
-        if let Some(fault) = self.config.plan.faults.get(&number) {
-            let applies = !matches!(fault, Fault::Timestamp | Fault::Reject { .. }) || signed;
-            if applies {
+        let mut scheduled = self.config.plan.faults.get(&number).cloned();
+        if signed && scheduled.is_none() {
+            scheduled = state.deferred.take();
+        }
+        if let Some(fault) = scheduled {
+            let signed_only = matches!(fault, Fault::Timestamp | Fault::Reject { .. });
+            if signed_only && !signed {
+                // Only a signed request can carry it: keep it for the next one.
+                state.deferred = Some(fault);
+            } else {
                 state.stats.faults_injected += 1;
                 state.stats.injected.push((number, fault.clone()));
-                match fault {
+                match &fault {
                     Fault::RateLimit { retry_after } => {
                         state.paused_until = Some(now + *retry_after);
                         return Answer::error(429, -1003, TOO_MUCH).waiting(*retry_after);
