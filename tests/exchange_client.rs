@@ -579,7 +579,10 @@ async fn a_clock_sync_held_by_the_governor_measures_only_the_round_trip() {
     }
     let started = Instant::now();
     let offset = client.sync_time().await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(59), "it waited for the window");
+    assert!(
+        started.elapsed() >= Duration::from_secs(59),
+        "it waited for the window"
+    );
     // Both clocks read the same time: the wait before sending is not half a round trip.
     assert!(offset.abs() <= 5, "offset {offset} ms");
     // And signed requests after it are accepted.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use palisade::classify::{Classification, Classify, Outcome, Transience};
+use palisade::classify::{Classification, Classify, Outcome, Severity, Transience};
 use palisade::policy::{Jitter, Policies, RetryPolicy};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -334,8 +334,11 @@ impl ExchangeClient {
             let class = match outcome {
                 Outcome::Success | Outcome::Ignored => {
                     let mut stats = self.lock_stats();
-                    stats.succeeded += 1;
                     stats.call_latencies.push(started.elapsed());
+                    if result.is_ok() {
+                        stats.succeeded += 1;
+                    }
+                    // An error nobody counts (none today) still reaches the caller.
                     return result.map_err(|source| ExchangeError::Transport {
                         operation,
                         classification: Classification::unclassified(),
@@ -353,13 +356,7 @@ impl ExchangeClient {
             let next_send = Instant::now() + class.retry_after.map_or(delay, |w| w.max(delay));
             let in_time = next_send < deadline;
             if !retryable || attempts > policy.retry.max_retries || !in_time {
-                tracing::warn!(
-                    operation = operation.as_str(),
-                    code = %class.code,
-                    category = class.category.as_str(),
-                    attempts,
-                    "call failed"
-                );
+                log_failure(operation, &class, attempts);
                 let mut stats = self.lock_stats();
                 stats.call_failed(operation, &class);
                 stats.call_latencies.push(started.elapsed());
@@ -462,6 +459,23 @@ impl ExchangeClient {
                 attempts,
                 source,
             },
+        }
+    }
+}
+
+/// Logs a call that failed for good as loudly as its severity says: an insufficient balance
+/// (low) is routine, a bad signature (high) is not.
+fn log_failure(operation: Operation, class: &Classification, attempts: u32) {
+    let (op, code, category) = (operation.as_str(), &class.code, class.category.as_str());
+    match class.severity {
+        Severity::Critical | Severity::High => {
+            tracing::error!(operation = op, %code, category, attempts, "call failed")
+        }
+        Severity::Medium => {
+            tracing::warn!(operation = op, %code, category, attempts, "call failed")
+        }
+        Severity::Low | Severity::Info => {
+            tracing::info!(operation = op, %code, category, attempts, "call failed")
         }
     }
 }
