@@ -14,7 +14,7 @@ mod clock;
 mod error;
 #[path = "../examples/exchange_client/governor.rs"]
 mod governor;
-#[path = "../examples/exchange_client/mock.rs"]
+#[path = "../examples/exchange_client/mock/mod.rs"]
 mod mock;
 #[path = "../examples/exchange_client/report.rs"]
 mod report;
@@ -24,7 +24,7 @@ mod session;
 mod transport;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use palisade::classify::{Category, Classified, Transience};
@@ -371,17 +371,30 @@ impl Write for Captured {
     }
 }
 
+/// Every event of this test binary at TRACE, from every thread and crate (reqwest, hyper,
+/// axum included). A global subscriber, not a scoped one: tracing caches per-callsite
+/// interest process-wide, so a thread-local subscriber can miss events whose callsites were
+/// first hit by a concurrently running test.
+fn captured_logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other test sets a subscriber");
+        logs
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_secret_reaches_logs_or_errors() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
 
     let plan = FaultPlan::seeded(5, 60, Duration::from_secs(3));
     let (mock, client) = start(plan).await;

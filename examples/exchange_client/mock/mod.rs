@@ -31,151 +31,14 @@ use tokio::time::Instant;
 use crate::clock::WallClock;
 use crate::transport::{Operation, X_MBX_APIKEY};
 
-/// Fixed-point scale: eight decimals, as the exchange quotes.
-const SCALE: i128 = 100_000_000;
+mod faults;
+mod market;
+mod query;
 
-/// One injected fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// 429 with `Retry-After` and a `-1003` body; requests before the wait ends get a 418.
-    RateLimit {
-        /// The advertised wait.
-        retry_after: Duration,
-    },
-    /// 418 (IP banned) with `Retry-After` and a `-1003` body.
-    Ban {
-        /// The advertised wait.
-        retry_after: Duration,
-    },
-    /// A 5xx: 500 (`-1001`), 503 (`-1008`) or any other status with an HTML body.
-    ServerError {
-        /// The status.
-        status: u16,
-    },
-    /// The request is processed, and the answer sent only after `delay`.
-    Slow {
-        /// How late.
-        delay: Duration,
-    },
-    /// `-1021` (timestamp outside recvWindow). Signed requests only: scheduled on an
-    /// unsigned one, it waits for the next signed request.
-    Timestamp,
-    /// A rejection with this exchange code. Signed requests only, like `Timestamp`.
-    Reject {
-        /// `-2010`, `-2011`, ...
-        code: i64,
-    },
-}
-
-impl Fault {
-    /// Whether the client is expected to retry after this fault.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Fault::RateLimit { .. } | Fault::Ban { .. } | Fault::Slow { .. } | Fault::Timestamp => {
-                true
-            }
-            Fault::ServerError { status } => !matches!(status, 501 | 505),
-            Fault::Reject { .. } => false,
-        }
-    }
-
-    /// A short name for the report.
-    pub fn name(&self) -> String {
-        match self {
-            Fault::RateLimit { .. } => "429".into(),
-            Fault::Ban { .. } => "418".into(),
-            Fault::ServerError { status } => status.to_string(),
-            Fault::Slow { .. } => "slow".into(),
-            Fault::Timestamp => "-1021".into(),
-            Fault::Reject { code } => code.to_string(),
-        }
-    }
-}
-
-/// Faults by arrival number (the first request to reach the mock is number 1).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FaultPlan {
-    faults: BTreeMap<u64, Fault>,
-}
-
-impl FaultPlan {
-    /// No faults.
-    pub fn new() -> Self {
-        FaultPlan::default()
-    }
-
-    /// Adds a fault for the `arrival`-th request.
-    #[must_use]
-    pub fn at(mut self, arrival: u64, fault: Fault) -> Self {
-        self.faults.insert(arrival, fault);
-        self
-    }
-
-    /// A reproducible schedule over the first `arrivals` requests: about one in eight gets a
-    /// fault, never two in a row, none in the first three (the session's start-up calls). The
-    /// slow answers last `slow`; at most one ban.
-    pub fn seeded(seed: u64, arrivals: u64, slow: Duration) -> Self {
-        let mut rng = SplitMix(seed);
-        let mut plan = FaultPlan::new();
-        let mut banned = false;
-        let mut n = 4;
-        while n <= arrivals {
-            if rng.next().is_multiple_of(8) {
-                let fault = match rng.next() % 12 {
-                    0..=2 => Fault::ServerError { status: 503 },
-                    3 | 4 => Fault::ServerError { status: 500 },
-                    5 => Fault::ServerError { status: 502 },
-                    6 | 7 => Fault::RateLimit {
-                        retry_after: Duration::from_secs(1),
-                    },
-                    8 => Fault::Slow { delay: slow },
-                    9 | 10 => Fault::Timestamp,
-                    _ if !banned => {
-                        banned = true;
-                        Fault::Ban {
-                            retry_after: Duration::from_secs(2),
-                        }
-                    }
-                    _ => Fault::ServerError { status: 503 },
-                };
-                plan.faults.insert(n, fault);
-                n += 1;
-            }
-            n += 1;
-        }
-        plan
-    }
-
-    /// The faults, by arrival.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Fault)> {
-        self.faults.iter().map(|(n, f)| (*n, f))
-    }
-
-    /// How many faults are scheduled.
-    pub fn len(&self) -> usize {
-        self.faults.len()
-    }
-
-    /// Whether no fault is scheduled.
-    pub fn is_empty(&self) -> bool {
-        self.faults.is_empty()
-    }
-}
-
-/// A small deterministic generator (splitmix64).
-#[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next number.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+pub use faults::{Fault, FaultPlan, SplitMix};
+use market::{Order, SYMBOLS};
+pub use market::{format_fixed, parse_fixed};
+use query::{parse_query, unhex};
 
 /// How the mock is set up.
 #[derive(Clone, Debug)]
@@ -256,18 +119,6 @@ pub struct MockStats {
 }
 
 #[derive(Debug)]
-struct Order {
-    symbol: String,
-    side: &'static str,
-    client_order_id: String,
-    status: &'static str,
-    locked_asset: String,
-    locked: i128,
-    quantity: i128,
-    price: i128,
-}
-
-#[derive(Debug)]
 struct Book {
     window_index: i64,
     used: u32,
@@ -297,13 +148,6 @@ pub struct MockExchange {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
-
-/// The symbols the mock lists: (symbol, base, quote, starting price).
-const SYMBOLS: [(&str, &str, &str, &str); 3] = [
-    ("BTCUSDT", "BTC", "USDT", "60000"),
-    ("ETHUSDT", "ETH", "USDT", "3000"),
-    ("BNBUSDT", "BNB", "USDT", "600"),
-];
 
 impl MockExchange {
     /// Binds 127.0.0.1 on a free port and serves.
@@ -521,7 +365,7 @@ impl Shared {
         }
         let signed = operation.is_some_and(Operation::signed);
         let mut delay = None;
-        let mut scheduled = self.config.plan.faults.get(&number).cloned();
+        let mut scheduled = self.config.plan.get(number).cloned();
         if signed && scheduled.is_none() {
             scheduled = state.deferred.take();
         }
@@ -575,7 +419,7 @@ impl Shared {
                             "Timestamp for this request is outside of the recvWindow.",
                         );
                     }
-                    Fault::Reject { code } => return rejection(*code),
+                    Fault::Reject { code } => return market::rejection(*code),
                 }
             }
         }
@@ -678,9 +522,9 @@ impl Shared {
             Operation::Time => Answer::ok(
                 serde_json::json!({ "serverTime": self.config.clock.now_ms() }).to_string(),
             ),
-            Operation::TickerPrice => ticker(state, params),
-            Operation::PlaceOrder => place(state, params),
-            Operation::CancelOrder => cancel(state, params),
+            Operation::TickerPrice => market::ticker(state, params),
+            Operation::PlaceOrder => market::place(state, params),
+            Operation::CancelOrder => market::cancel(state, params),
             Operation::Account => {
                 let balances: Vec<_> = state
                     .balances
@@ -701,153 +545,6 @@ impl Shared {
     }
 }
 
-fn rejection(code: i64) -> Answer {
-    let msg = match code {
-        -2010 => "Account has insufficient balance for requested action.",
-        -2011 => "Unknown order sent.",
-        -2013 => "Order does not exist.",
-        -1013 => "Filter failure: LOT_SIZE",
-        _ => "Rejected.",
-    };
-    Answer::error(400, code, msg)
-}
-
-fn missing(name: &str) -> Answer {
-    Answer::error(
-        400,
-        -1102,
-        &format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
-    )
-}
-
-fn ticker(state: &mut Book, params: &HashMap<String, String>) -> Answer {
-    let Some(symbol) = params.get("symbol") else {
-        return missing("symbol");
-    };
-    let step = state.rng.next();
-    let Some(price) = state.prices.get_mut(symbol.as_str()) else {
-        return Answer::error(400, -1121, "Invalid symbol.");
-    };
-    // A random walk of at most 0.1% per look, so prices move between calls.
-    let move_by = *price / 1000 * (i128::from(step % 201) - 100) / 100;
-    *price = (*price + move_by).max(SCALE / 100);
-    Answer::ok(serde_json::json!({ "symbol": symbol, "price": format_fixed(*price) }).to_string())
-}
-
-fn place(state: &mut Book, params: &HashMap<String, String>) -> Answer {
-    for name in ["symbol", "side", "type", "quantity", "price"] {
-        if params.get(name).is_none_or(|v| v.is_empty()) {
-            return missing(name);
-        }
-    }
-    let symbol = &params["symbol"];
-    let Some((_, base, quote, _)) = SYMBOLS.iter().find(|s| s.0 == symbol) else {
-        return Answer::error(400, -1121, "Invalid symbol.");
-    };
-    let side = match params["side"].as_str() {
-        "BUY" => "BUY",
-        "SELL" => "SELL",
-        _ => return Answer::error(400, -1117, "Invalid side."),
-    };
-    if params["type"] != "LIMIT" {
-        return Answer::error(400, -1116, "Invalid orderType.");
-    }
-    let (Some(quantity), Some(price)) = (
-        parse_fixed(&params["quantity"]),
-        parse_fixed(&params["price"]),
-    ) else {
-        return Answer::error(
-            400,
-            -1111,
-            "Parameter 'quantity' or 'price' has too much precision.",
-        );
-    };
-    if quantity <= 0 || price <= 0 {
-        return Answer::error(400, -1013, "Filter failure: LOT_SIZE");
-    }
-    let client_order_id = params
-        .get("newClientOrderId")
-        .cloned()
-        .unwrap_or_else(|| format!("mock-{}", state.next_order_id));
-    if let Some(id) = state.by_client_id.get(&client_order_id) {
-        // A retry of an order that went through: answer with it (see the module docs).
-        let id = *id;
-        return order_answer(id, &state.orders[&id]);
-    }
-    let (asset, needed) = if side == "BUY" {
-        (*quote, (quantity * price + SCALE - 1) / SCALE)
-    } else {
-        (*base, quantity)
-    };
-    let free = state.balances.get(asset).map_or(0, |b| b.0);
-    if needed > free {
-        return rejection(-2010);
-    }
-    let balance = state.balances.entry(asset.to_owned()).or_default();
-    balance.0 -= needed;
-    balance.1 += needed;
-    let id = state.next_order_id;
-    state.next_order_id += 1;
-    state.by_client_id.insert(client_order_id.clone(), id);
-    state.orders.insert(
-        id,
-        Order {
-            symbol: symbol.clone(),
-            side,
-            client_order_id,
-            status: "NEW",
-            locked_asset: asset.to_owned(),
-            locked: needed,
-            quantity,
-            price,
-        },
-    );
-    state.stats.orders_placed += 1;
-    order_answer(id, &state.orders[&id])
-}
-
-fn cancel(state: &mut Book, params: &HashMap<String, String>) -> Answer {
-    let Some(symbol) = params.get("symbol") else {
-        return missing("symbol");
-    };
-    let Some(id) = params.get("orderId").and_then(|id| id.parse::<u64>().ok()) else {
-        return missing("orderId");
-    };
-    let Some(order) = state
-        .orders
-        .get_mut(&id)
-        .filter(|o| o.status == "NEW" && &o.symbol == symbol)
-    else {
-        return rejection(-2011);
-    };
-    order.status = "CANCELED";
-    let (asset, amount) = (order.locked_asset.clone(), order.locked);
-    order.locked = 0;
-    if let Some(balance) = state.balances.get_mut(&asset) {
-        balance.0 += amount;
-        balance.1 -= amount;
-    }
-    order_answer(id, &state.orders[&id])
-}
-
-fn order_answer(id: u64, order: &Order) -> Answer {
-    Answer::ok(
-        serde_json::json!({
-            "symbol": order.symbol,
-            "orderId": id,
-            "clientOrderId": order.client_order_id,
-            "price": format_fixed(order.price),
-            "origQty": format_fixed(order.quantity),
-            "executedQty": "0.00000000",
-            "status": order.status,
-            "timeInForce": "GTC",
-            "type": "LIMIT",
-            "side": order.side,
-        })
-        .to_string(),
-    )
-}
-
 /// `1m` for a minute, `10s` for ten seconds: the suffix of the used-weight header.
 pub fn interval_name(window: Duration) -> String {
     let secs = window.as_secs().max(1);
@@ -860,86 +557,4 @@ pub fn interval_name(window: Duration) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-/// Parses a query string, percent-decoding values.
-fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match decoded {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Parses a non-negative decimal with at most eight decimals into units of 1e-8.
-pub fn parse_fixed(s: &str) -> Option<i128> {
-    let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() && fraction.is_empty()
-        || fraction.len() > 8
-        || !whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
-        || whole.len() > 20
-    {
-        return None;
-    }
-    let whole: i128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let mut frac: i128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().ok()?
-    };
-    for _ in fraction.len()..8 {
-        frac *= 10;
-    }
-    whole.checked_mul(SCALE)?.checked_add(frac)
-}
-
-/// Formats units of 1e-8 as a decimal with eight places.
-pub fn format_fixed(units: i128) -> String {
-    let sign = if units < 0 { "-" } else { "" };
-    let abs = units.unsigned_abs();
-    let scale = SCALE.unsigned_abs();
-    format!("{sign}{}.{:08}", abs / scale, abs % scale)
 }
