@@ -520,8 +520,9 @@ fn fixed_point_amounts_parse_strictly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retried_order_is_placed_once() {
-    // The exchange takes the order but answers after the attempt timeout (2 s): the client
-    // retries with the same newClientOrderId, and the exchange recognises it.
+    // The exchange takes the order but answers after the attempt timeout (2 s). The retry
+    // carries the same newClientOrderId and is refused as a duplicate (-2010, as Binance
+    // does); the client then finds the order by that id instead of reporting a failure.
     let plan = FaultPlan::new().at(
         1,
         Fault::Slow {
@@ -537,11 +538,24 @@ async fn a_retried_order_is_placed_once() {
     };
     let ack = client.place_order(&order).await.unwrap();
     assert_eq!(ack.status, "NEW");
+    assert_eq!(ack.client_order_id, "palisade-1");
     let stats = client.stats();
     assert_eq!(stats.retries, 1);
     assert_eq!(stats.failures_with_code("timeout_attempt"), 1);
+    assert_eq!(stats.failures_with_code("binance_-2010"), 1);
+    assert_eq!(stats.duplicates_resolved, 1);
+    assert!(stats.final_errors.is_empty(), "{:?}", stats.final_errors);
+    assert_eq!(stats.succeeded, stats.calls);
     let exchange = mock.stats();
-    assert_eq!(exchange.requests, 2);
+    let operations: Vec<_> = exchange.arrivals.iter().map(|a| a.operation).collect();
+    assert_eq!(
+        operations,
+        [
+            Some(Operation::PlaceOrder),
+            Some(Operation::PlaceOrder),
+            Some(Operation::QueryOrder)
+        ]
+    );
     assert_eq!(exchange.orders_placed, 1, "one order, not two");
     assert_eq!(mock.open_orders(), 1);
     assert_eq!(
@@ -600,4 +614,39 @@ async fn a_clock_sync_held_by_the_governor_measures_only_the_round_trip() {
     assert!(offset.abs() <= 5, "offset {offset} ms");
     // And signed requests after it are accepted.
     client.account().await.unwrap();
+}
+
+fn rejected(message: &str, attempts: u32) -> error::ExchangeError {
+    error::ExchangeError::Rejected {
+        operation: Operation::PlaceOrder,
+        status: 400,
+        exchange_code: Some(-2010),
+        exchange_message: message.into(),
+        classification: palisade::classify::Classification::unclassified(),
+        message: None,
+        suggestion: None,
+        attempts,
+    }
+}
+
+#[test]
+fn only_a_duplicate_of_an_earlier_attempt_is_resolved_by_a_lookup() {
+    assert!(rejected("Duplicate order sent.", 2).is_duplicate_of_an_earlier_attempt());
+    // On a first attempt the id was reused by the caller: a real error.
+    assert!(!rejected("Duplicate order sent.", 1).is_duplicate_of_an_earlier_attempt());
+    // -2010 for another reason is never a duplicate.
+    let broke = rejected("Account has insufficient balance for requested action.", 2);
+    assert!(!broke.is_duplicate_of_an_earlier_attempt());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_order_lookup_is_a_persistent_user_error() {
+    let (_mock, client) = start(FaultPlan::new()).await;
+    let err = client
+        .query_order("BTCUSDT", "palisade-404")
+        .await
+        .unwrap_err();
+    assert_eq!(err.exchange_code(), Some(-2013));
+    assert_eq!(err.classification().category, Category::User);
+    assert_eq!(err.attempts(), 1);
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use palisade::classify::{Classification, Classify, Outcome, Severity, Transience};
+use palisade::classify::{Classification, Classified, Classify, Outcome, Severity, Transience};
 use palisade::policy::{Jitter, Policies, RetryPolicy};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -251,9 +251,15 @@ impl ExchangeClient {
             .await
     }
 
-    /// `POST /api/v3/order`: a GTC limit order. Retries reuse one `newClientOrderId`.
+    /// `POST /api/v3/order`: a GTC limit order.
+    ///
+    /// Every attempt carries the same `newClientOrderId`. When an attempt whose answer was
+    /// lost (a timeout, a 5xx) had in fact placed the order, the retry is refused as a
+    /// duplicate; the client then fetches the order by that id and returns it, so a retry
+    /// never places a second order and never reports a placed order as failed.
     pub async fn place_order(&self, order: &NewOrder) -> Result<OrderAck, ExchangeError> {
         let id = self.next_order_id.fetch_add(1, Ordering::Relaxed);
+        let client_order_id = format!("palisade-{id}");
         let request = ApiRequest::new(Operation::PlaceOrder)
             .param("symbol", order.symbol.as_str())
             .param("side", order.side.as_str())
@@ -261,7 +267,31 @@ impl ExchangeClient {
             .param("timeInForce", "GTC")
             .param("quantity", order.quantity.as_str())
             .param("price", order.price.as_str())
-            .param("newClientOrderId", format!("palisade-{id}"));
+            .param("newClientOrderId", client_order_id.as_str());
+        match self.fetch(request).await {
+            Err(e) if e.is_duplicate_of_an_earlier_attempt() => {
+                tracing::info!(
+                    operation = "place_order",
+                    attempts = e.attempts(),
+                    "an earlier attempt placed the order; fetching it"
+                );
+                let ack = self.query_order(&order.symbol, &client_order_id).await?;
+                self.lock_stats().duplicate_resolved(&e.classification());
+                Ok(ack)
+            }
+            other => other,
+        }
+    }
+
+    /// `GET /api/v3/order?origClientOrderId=...`
+    pub async fn query_order(
+        &self,
+        symbol: &str,
+        client_order_id: &str,
+    ) -> Result<OrderAck, ExchangeError> {
+        let request = ApiRequest::new(Operation::QueryOrder)
+            .param("symbol", symbol)
+            .param("origClientOrderId", client_order_id);
         self.fetch(request).await
     }
 

@@ -69,6 +69,20 @@ impl ExchangeError {
         }
     }
 
+    /// Whether this is Binance's "Duplicate order sent." refusal of a retry: an earlier
+    /// attempt of the same order (same `newClientOrderId`) did reach the book.
+    pub fn is_duplicate_of_an_earlier_attempt(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Rejected {
+                exchange_code: Some(-2010),
+                exchange_message,
+                attempts,
+                ..
+            } if *attempts > 1 && exchange_message.starts_with("Duplicate order")
+        )
+    }
+
     /// Attempts made before giving up.
     pub fn attempts(&self) -> u32 {
         match self {

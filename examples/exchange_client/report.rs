@@ -47,6 +47,8 @@ pub struct CallStats {
     pub backoff_slept: Duration,
     /// Clock resyncs after `-1021`.
     pub time_resyncs: u32,
+    /// Orders whose retry was refused as a duplicate and that were found placed.
+    pub duplicates_resolved: u32,
     /// Latency of every answered attempt, from sending to the body read (governor waits,
     /// backoff and attempts that got no answer excluded).
     pub attempt_latencies: Vec<Duration>,
@@ -80,6 +82,23 @@ impl CallStats {
             .entry((class.category, class.code.to_string()))
             .or_default() += 1;
         self.operations.entry(operation).or_default().failed += 1;
+    }
+
+    /// A place_order call first counted as failed (a duplicate of an earlier attempt) turned
+    /// out placed: count it as succeeded.
+    pub fn duplicate_resolved(&mut self, class: &Classification) {
+        let key = (class.category, class.code.to_string());
+        if let Some(n) = self.final_errors.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.final_errors.remove(&key);
+            }
+        }
+        if let Some(op) = self.operations.get_mut(&Operation::PlaceOrder) {
+            op.failed = op.failed.saturating_sub(1);
+        }
+        self.succeeded += 1;
+        self.duplicates_resolved += 1;
     }
 
     /// Failed attempts with this code.
@@ -153,12 +172,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "attempts     {:>5}   retries {}   backoff sleeps {} ({})   clock resyncs {}",
+            "attempts     {:>5}   retries {}   backoff sleeps {} ({})   clock resyncs {}   orders found placed after a duplicate {}",
             c.attempts,
             c.retries,
             c.backoff_sleeps,
             ms(c.backoff_slept),
-            c.time_resyncs
+            c.time_resyncs,
+            c.duplicates_resolved
         )?;
         writeln!(
             f,

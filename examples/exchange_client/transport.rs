@@ -148,18 +148,21 @@ pub enum Operation {
     PlaceOrder,
     /// `DELETE /api/v3/order` (signed)
     CancelOrder,
+    /// `GET /api/v3/order` (signed)
+    QueryOrder,
     /// `GET /api/v3/account` (signed)
     Account,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Ping,
         Operation::Time,
         Operation::TickerPrice,
         Operation::PlaceOrder,
         Operation::CancelOrder,
+        Operation::QueryOrder,
         Operation::Account,
     ];
 
@@ -171,6 +174,7 @@ impl Operation {
             Operation::TickerPrice => "ticker_price",
             Operation::PlaceOrder => "place_order",
             Operation::CancelOrder => "cancel_order",
+            Operation::QueryOrder => "query_order",
             Operation::Account => "account",
         }
     }
@@ -190,7 +194,9 @@ impl Operation {
             Operation::Ping => "/api/v3/ping",
             Operation::Time => "/api/v3/time",
             Operation::TickerPrice => "/api/v3/ticker/price",
-            Operation::PlaceOrder | Operation::CancelOrder => "/api/v3/order",
+            Operation::PlaceOrder | Operation::CancelOrder | Operation::QueryOrder => {
+                "/api/v3/order"
+            }
             Operation::Account => "/api/v3/account",
         }
     }
@@ -208,6 +214,7 @@ impl Operation {
             Operation::Ping | Operation::Time => 1,
             Operation::TickerPrice => 2,
             Operation::PlaceOrder | Operation::CancelOrder => 1,
+            Operation::QueryOrder => 4,
             Operation::Account => 20,
         }
     }
@@ -216,7 +223,10 @@ impl Operation {
     pub const fn signed(self) -> bool {
         matches!(
             self,
-            Operation::PlaceOrder | Operation::CancelOrder | Operation::Account
+            Operation::PlaceOrder
+                | Operation::CancelOrder
+                | Operation::QueryOrder
+                | Operation::Account
         )
     }
 
@@ -224,7 +234,9 @@ impl Operation {
     pub const fn policy(self) -> &'static str {
         match self {
             Operation::Ping | Operation::Time | Operation::TickerPrice => "exchange_public",
-            Operation::PlaceOrder | Operation::CancelOrder => "exchange_order",
+            Operation::PlaceOrder | Operation::CancelOrder | Operation::QueryOrder => {
+                "exchange_order"
+            }
             Operation::Account => "exchange_account",
         }
     }

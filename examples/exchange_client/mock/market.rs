@@ -98,10 +98,9 @@ pub fn place(state: &mut Book, params: &HashMap<String, String>) -> Answer {
         .get("newClientOrderId")
         .cloned()
         .unwrap_or_else(|| format!("mock-{}", state.next_order_id));
-    if let Some(id) = state.by_client_id.get(&client_order_id) {
-        // A retry of an order that went through: answer with it (see the module docs).
-        let id = *id;
-        return order_answer(id, &state.orders[&id]);
+    if state.by_client_id.contains_key(&client_order_id) {
+        // As Binance: the client must query the order to learn it went through.
+        return Answer::error(400, -2010, "Duplicate order sent.");
     }
     let (asset, needed) = if side == "BUY" {
         (*quote, (quantity * price + SCALE - 1) / SCALE)
@@ -133,6 +132,21 @@ pub fn place(state: &mut Book, params: &HashMap<String, String>) -> Answer {
     );
     state.stats.orders_placed += 1;
     order_answer(id, &state.orders[&id])
+}
+
+pub fn query(state: &mut Book, params: &HashMap<String, String>) -> Answer {
+    let Some(symbol) = params.get("symbol") else {
+        return missing("symbol");
+    };
+    let id = match (params.get("orderId"), params.get("origClientOrderId")) {
+        (Some(id), _) => id.parse::<u64>().ok(),
+        (None, Some(client_id)) => state.by_client_id.get(client_id).copied(),
+        (None, None) => return missing("orderId"),
+    };
+    match id.and_then(|id| Some((id, state.orders.get(&id)?))) {
+        Some((id, order)) if &order.symbol == symbol => order_answer(id, order),
+        _ => rejection(-2013),
+    }
 }
 
 pub fn cancel(state: &mut Book, params: &HashMap<String, String>) -> Answer {

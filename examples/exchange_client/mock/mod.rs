@@ -10,9 +10,8 @@
 //! On top of that a [`FaultPlan`] injects faults by arrival number: 429s and 418s, 5xx
 //! answers, slow answers, timestamp and business rejections.
 //!
-//! One deviation from Binance: an order whose `newClientOrderId` is already known is answered
-//! with the existing order (Binance answers `-2010` "Duplicate order sent."), so a client's
-//! retry of an order that did go through is idempotent without an extra query.
+//! Like Binance, an order whose `newClientOrderId` is already known is refused with `-2010`
+//! "Duplicate order sent.", and `GET /api/v3/order?origClientOrderId=` finds it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -525,6 +524,7 @@ impl Shared {
             Operation::TickerPrice => market::ticker(state, params),
             Operation::PlaceOrder => market::place(state, params),
             Operation::CancelOrder => market::cancel(state, params),
+            Operation::QueryOrder => market::query(state, params),
             Operation::Account => {
                 let balances: Vec<_> = state
                     .balances
