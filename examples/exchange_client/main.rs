@@ -1,0 +1,174 @@
+//! An exchange client that survives a misbehaving exchange, built on palisade.
+//!
+//! The program starts a mock Binance-style exchange on 127.0.0.1 (axum) that injects rate
+//! limits, bans, 5xx answers, slow answers and clock errors on a schedule drawn from `--seed`,
+//! runs a scripted session against it with a real reqwest client (prices, orders, cancels,
+//! account checks, and a few caller mistakes), and prints a report: attempts, retries, waits
+//! caused by the weight governor and by `Retry-After`, errors by category and code, latency
+//! percentiles.
+//!
+//! Every failure is judged by palisade's classifiers: the `binance` error-code table in
+//! `policies.yaml` (59 codes, each with a classification, a message and a suggestion), the
+//! HTTP status and `Retry-After`, and transport errors. Retry and timeouts follow the
+//! per-operation policies in the same file.
+//!
+//! ```text
+//! cargo run --example exchange_client
+//! cargo run --example exchange_client -- --seed 42 --requests 120 --log warn
+//! cargo run --example exchange_client -- --help
+//! ```
+
+// The modules are shared with tests/exchange_*.rs (`#[path]`), which use parts the program
+// itself does not.
+mod classifier;
+#[allow(dead_code)]
+mod client;
+mod clock;
+#[allow(dead_code)]
+mod error;
+#[allow(dead_code)]
+mod governor;
+#[allow(dead_code)]
+mod mock;
+#[allow(dead_code)]
+mod report;
+mod session;
+mod transport;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use palisade::policy::Policies;
+use tokio::time::Instant;
+
+use crate::client::{ClientConfig, ExchangeClient};
+use crate::clock::WallClock;
+use crate::governor::GovernorConfig;
+use crate::mock::{FaultPlan, MockConfig, MockExchange, SplitMix};
+use crate::report::Report;
+use crate::transport::{Credentials, Secret};
+
+/// Runs a scripted trading session against a mock Binance-style exchange that injects
+/// faults, and prints what the client did about them.
+#[derive(Debug, Parser)]
+#[command(name = "exchange_client")]
+struct Args {
+    /// Seed of the fault schedule, the prices and the backoff jitter; the same seed replays
+    /// the same session.
+    #[arg(long, default_value_t = 15)]
+    seed: u64,
+    /// Calls the scripted session makes (retries not counted).
+    #[arg(long, default_value_t = 60)]
+    requests: u32,
+    /// The policy file (timeouts, retries, the error-code table).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/exchange_client/policies.yaml"))]
+    policies: PathBuf,
+    /// The mock's weight limit per window.
+    #[arg(long, default_value_t = 80)]
+    weight_limit: u32,
+    /// The mock's weight window (Binance: 1m; shorter keeps the demo quick).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// The fraction of the weight limit the client allows itself before it waits.
+    #[arg(long, default_value_t = 0.8)]
+    threshold: f64,
+    /// Run without injected faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Log level of the client's events: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    log: tracing::Level,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exchange_client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let policies = Arc::new(Policies::from_path(&args.policies)?);
+    let slow = policies.for_operation("exchange_public").timeout.attempt + Duration::from_secs(1);
+
+    // Demo credentials, shared with the mock; never printed.
+    let mut rng = SplitMix(args.seed ^ 0x5eed);
+    let api_key = format!("demo{:016x}{:016x}", rng.next(), rng.next());
+    let secret_key = format!("{:016x}{:016x}{:016x}", rng.next(), rng.next(), rng.next());
+
+    let mut mock_config = MockConfig::new(api_key.clone(), secret_key.clone());
+    mock_config.weight_limit = args.weight_limit;
+    mock_config.window = args.window;
+    mock_config.seed = args.seed;
+    if !args.no_faults {
+        let arrivals = u64::from(args.requests) * 13 / 10 + 10;
+        mock_config.plan = FaultPlan::seeded(args.seed, arrivals, slow);
+    }
+    let scheduled = mock_config.plan.len();
+    let mock = MockExchange::start(mock_config).await?;
+
+    let credentials = Credentials::new(Secret::new(api_key), Secret::new(secret_key))?;
+    let config = ClientConfig {
+        base_url: mock.base_url(),
+        credentials,
+        recv_window: Duration::from_secs(5),
+        governor: GovernorConfig {
+            limit: args.weight_limit,
+            threshold: args.threshold,
+            ..GovernorConfig::default()
+        },
+        clock: WallClock::system(),
+        seed: args.seed,
+    };
+    let client = ExchangeClient::new(config, Arc::clone(&policies))?;
+    println!(
+        "mock exchange on {} (weight limit {} per {}, {} faults scheduled); running {} calls",
+        mock.base_url(),
+        args.weight_limit,
+        humantime::format_duration(args.window),
+        scheduled,
+        args.requests
+    );
+
+    let started = Instant::now();
+    let outcome = session::run(&client, args.requests).await;
+    let report = Report {
+        seed: args.seed,
+        calls: client.stats(),
+        governor: client.governor().stats(),
+        budget: (client.governor().config().budget(), args.weight_limit),
+        exchange: mock.stats(),
+        elapsed: started.elapsed(),
+    };
+    println!();
+    print!("{report}");
+    println!(
+        "orders acknowledged {}, cancelled {}, still open on the exchange {}",
+        outcome.orders_acknowledged,
+        outcome.orders_cancelled,
+        mock.open_orders()
+    );
+    println!("what a user was told (first error of each code)");
+    let mut seen = BTreeSet::new();
+    for error in &outcome.errors {
+        let code = palisade::classify::Classified::classification(error).code;
+        if seen.insert(code.to_string()) {
+            println!("  - {error}");
+        }
+    }
+    Ok(())
+}

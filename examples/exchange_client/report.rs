@@ -1,0 +1,256 @@
+//! What a session did, counted as it happens and printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use palisade::classify::{Category, Classification, Transience};
+
+use crate::governor::GovernorStats;
+use crate::mock::MockStats;
+use crate::transport::Operation;
+
+/// Per-operation counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationStats {
+    /// Calls made.
+    pub calls: u32,
+    /// Attempts made (calls plus retries).
+    pub attempts: u32,
+    /// Calls that failed for good.
+    pub failed: u32,
+}
+
+/// A failure code seen, with how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeCount {
+    /// Whether it was retryable.
+    pub transience: Transience,
+    /// How many times.
+    pub count: u32,
+}
+
+/// Counts kept by the client.
+#[derive(Clone, Debug, Default)]
+pub struct CallStats {
+    /// Calls made.
+    pub calls: u32,
+    /// Calls that succeeded (possibly after retries).
+    pub succeeded: u32,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Attempts that were retries.
+    pub retries: u32,
+    /// Backoff sleeps between attempts, and their total.
+    pub backoff_sleeps: u32,
+    /// Time slept in backoff.
+    pub backoff_slept: Duration,
+    /// Clock resyncs after `-1021`.
+    pub time_resyncs: u32,
+    /// Orders whose retry was refused as a duplicate and that were found placed.
+    pub duplicates_resolved: u32,
+    /// Latency of every answered attempt, from sending to the body read (governor waits,
+    /// backoff and attempts that got no answer excluded).
+    pub attempt_latencies: Vec<Duration>,
+    /// Latency of every call, retries and waits included.
+    pub call_latencies: Vec<Duration>,
+    /// Failed attempts by category and code.
+    pub attempt_failures: BTreeMap<(Category, String), CodeCount>,
+    /// Calls that failed for good, by category and code.
+    pub final_errors: BTreeMap<(Category, String), u32>,
+    /// Per operation.
+    pub operations: BTreeMap<Operation, OperationStats>,
+}
+
+impl CallStats {
+    /// Counts a failed attempt.
+    pub fn attempt_failed(&mut self, class: &Classification) {
+        let entry = self
+            .attempt_failures
+            .entry((class.category, class.code.to_string()))
+            .or_insert(CodeCount {
+                transience: class.transience,
+                count: 0,
+            });
+        entry.count += 1;
+    }
+
+    /// Counts a call that failed for good.
+    pub fn call_failed(&mut self, operation: Operation, class: &Classification) {
+        *self
+            .final_errors
+            .entry((class.category, class.code.to_string()))
+            .or_default() += 1;
+        self.operations.entry(operation).or_default().failed += 1;
+    }
+
+    /// A place_order call first counted as failed (a duplicate of an earlier attempt) turned
+    /// out placed: count it as succeeded.
+    pub fn duplicate_resolved(&mut self, class: &Classification) {
+        let key = (class.category, class.code.to_string());
+        if let Some(n) = self.final_errors.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.final_errors.remove(&key);
+            }
+        }
+        if let Some(op) = self.operations.get_mut(&Operation::PlaceOrder) {
+            op.failed = op.failed.saturating_sub(1);
+        }
+        self.succeeded += 1;
+        self.duplicates_resolved += 1;
+    }
+
+    /// Failed attempts with this code.
+    pub fn failures_with_code(&self, code: &str) -> u32 {
+        self.attempt_failures
+            .iter()
+            .filter(|((_, c), _)| c == code)
+            .map(|(_, n)| n.count)
+            .sum()
+    }
+}
+
+/// The nearest-rank percentile of `samples` (`p` in 0..=100); `None` when empty.
+pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (p.clamp(0.0, 100.0) / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The end-of-session report.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The seed of the fault schedule and the session's script.
+    pub seed: u64,
+    /// The client's counts.
+    pub calls: CallStats,
+    /// The governor's counts.
+    pub governor: GovernorStats,
+    /// The weight budget the governor kept to, and the exchange's limit.
+    pub budget: (u32, u32),
+    /// What the mock exchange saw.
+    pub exchange: MockStats,
+    /// Wall time of the session.
+    pub elapsed: Duration,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn latency_line(f: &mut fmt::Formatter<'_>, what: &str, samples: &[Duration]) -> fmt::Result {
+    let p = |q| percentile(samples, q).map_or_else(|| "-".to_owned(), ms);
+    writeln!(
+        f,
+        "  {what:<9} p50 {:>10}   p90 {:>10}   p99 {:>10}   max {:>10}   (n={})",
+        p(50.0),
+        p(90.0),
+        p(99.0),
+        p(100.0),
+        samples.len()
+    )
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.calls;
+        let g = &self.governor;
+        writeln!(f, "exchange client report (seed {})", self.seed)?;
+        writeln!(f, "=====================================")?;
+        writeln!(
+            f,
+            "calls        {:>5}   succeeded {}   failed {}   in {:.1} s",
+            c.calls,
+            c.succeeded,
+            c.calls - c.succeeded,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "attempts     {:>5}   retries {}   backoff sleeps {} ({})   clock resyncs {}   orders found placed after a duplicate {}",
+            c.attempts,
+            c.retries,
+            c.backoff_sleeps,
+            ms(c.backoff_slept),
+            c.time_resyncs,
+            c.duplicates_resolved
+        )?;
+        writeln!(
+            f,
+            "weight       budget {} of limit {}   peak used {}   waits for the window {} ({})",
+            self.budget.0,
+            self.budget.1,
+            g.peak_used_weight,
+            g.weight_waits,
+            ms(g.weight_waited)
+        )?;
+        writeln!(
+            f,
+            "rate limits  429/418 answers {}   calls held by the pause {} ({})",
+            g.pauses,
+            g.pause_waits,
+            ms(g.pause_waited)
+        )?;
+        writeln!(
+            f,
+            "retry budget n/a: palisade's RetryLayer (with its budget) is not on this branch yet"
+        )?;
+        writeln!(
+            f,
+            "breaker      n/a: palisade's CircuitBreakerLayer is not on this branch yet"
+        )?;
+        writeln!(
+            f,
+            "latency      answered = one attempt, send to answer; call = waits and retries included"
+        )?;
+        latency_line(f, "answered", &c.attempt_latencies)?;
+        latency_line(f, "call", &c.call_latencies)?;
+        writeln!(f, "per operation            calls  attempts  failed")?;
+        for (op, s) in &c.operations {
+            writeln!(
+                f,
+                "  {:<20} {:>7} {:>9} {:>7}",
+                op.as_str(),
+                s.calls,
+                s.attempts,
+                s.failed
+            )?;
+        }
+        writeln!(f, "failed attempts by category and code")?;
+        if c.attempt_failures.is_empty() {
+            writeln!(f, "  none")?;
+        }
+        for ((category, code), n) in &c.attempt_failures {
+            writeln!(
+                f,
+                "  {:<11} {:<18} {:>4}   ({})",
+                category.as_str(),
+                code,
+                n.count,
+                n.transience.as_str()
+            )?;
+        }
+        writeln!(f, "calls failed for good by category and code")?;
+        if c.final_errors.is_empty() {
+            writeln!(f, "  none")?;
+        }
+        for ((category, code), n) in &c.final_errors {
+            writeln!(f, "  {:<11} {:<18} {:>4}", category.as_str(), code, n)?;
+        }
+        let e = &self.exchange;
+        writeln!(
+            f,
+            "mock exchange: {} requests, faults injected {}, refused for weight {}, requests during a pause {}, orders placed {}",
+            e.requests,
+            e.faults_injected,
+            e.weight_refusals,
+            e.requests_during_pause,
+            e.orders_placed
+        )
+    }
+}

@@ -1,0 +1,658 @@
+//! The exchange client example against its mock exchange on 127.0.0.1, on tokio's paused
+//! clock: fault schedules, rate-limit pauses, the weight governor, and secrets.
+
+// The example's modules, compiled into this test; parts of them are used only by the program.
+#![allow(dead_code)]
+
+#[path = "../examples/exchange_client/classifier.rs"]
+mod classifier;
+#[path = "../examples/exchange_client/client.rs"]
+mod client;
+#[path = "../examples/exchange_client/clock.rs"]
+mod clock;
+#[path = "../examples/exchange_client/error.rs"]
+mod error;
+#[path = "../examples/exchange_client/governor.rs"]
+mod governor;
+#[path = "../examples/exchange_client/mock/mod.rs"]
+mod mock;
+#[path = "../examples/exchange_client/report.rs"]
+mod report;
+#[path = "../examples/exchange_client/session.rs"]
+mod session;
+#[path = "../examples/exchange_client/transport.rs"]
+mod transport;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use palisade::classify::{Category, Classified, Transience};
+use palisade::policy::Policies;
+use tokio::time::Instant;
+
+use client::{ClientConfig, ExchangeClient, NewOrder, Side};
+use clock::WallClock;
+use governor::GovernorConfig;
+use mock::{Fault, FaultPlan, MockConfig, MockExchange};
+use transport::{Credentials, Operation, Secret};
+
+const API_KEY: &str = "k3yT3stAPIabcdef0123456789";
+const SECRET_KEY: &str = "s3cr3tT3stKEYfedcba9876543210";
+/// A minute boundary (Unix seconds), so weight windows start with the test.
+const T0_SECS: u64 = 1_750_000_020;
+
+const POLICIES: &str = include_str!("../examples/exchange_client/policies.yaml");
+
+fn policies() -> Arc<Policies> {
+    Arc::new(Policies::from_yaml_str(POLICIES).expect("the example's policies load"))
+}
+
+fn t0() -> WallClock {
+    WallClock::starting_at(Duration::from_secs(T0_SECS))
+}
+
+fn mock_config(plan: FaultPlan) -> MockConfig {
+    let mut config = MockConfig::new(API_KEY, SECRET_KEY);
+    config.plan = plan;
+    config.clock = t0();
+    config
+}
+
+fn client_for(base_url: String, secret: &str, governor: GovernorConfig) -> ExchangeClient {
+    let credentials = Credentials::new(Secret::new(API_KEY), Secret::new(secret)).unwrap();
+    let config = ClientConfig {
+        base_url,
+        credentials,
+        recv_window: Duration::from_secs(5),
+        governor,
+        clock: t0(),
+        seed: 11,
+    };
+    ExchangeClient::new(config, policies()).unwrap()
+}
+
+async fn start(plan: FaultPlan) -> (MockExchange, ExchangeClient) {
+    let mock = MockExchange::start(mock_config(plan)).await.unwrap();
+    let client = client_for(mock.base_url(), SECRET_KEY, GovernorConfig::default());
+    (mock, client)
+}
+
+fn transient_codes(stats: &report::CallStats) -> Vec<String> {
+    stats
+        .final_errors
+        .keys()
+        .filter(|(_, code)| !code.starts_with("binance_-2") && code != "binance_-1121")
+        .map(|(_, code)| code.clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn survives_the_fault_schedule_with_one_retry_per_fault() {
+    let plan = FaultPlan::new()
+        // arrival 3 is the session's first signed call (account)
+        .at(3, Fault::Timestamp)
+        .at(6, Fault::ServerError { status: 503 })
+        .at(9, Fault::ServerError { status: 500 })
+        .at(12, Fault::ServerError { status: 502 })
+        .at(
+            15,
+            Fault::RateLimit {
+                retry_after: Duration::from_secs(5),
+            },
+        )
+        .at(
+            19,
+            Fault::Slow {
+                delay: Duration::from_secs(5),
+            },
+        )
+        .at(
+            24,
+            Fault::Ban {
+                retry_after: Duration::from_secs(30),
+            },
+        );
+    let (mock, client) = start(plan.clone()).await;
+
+    let outcome = session::run(&client, 40).await;
+    let stats = client.stats();
+    let exchange = mock.stats();
+
+    let injected: Vec<u64> = exchange.injected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(injected, vec![3, 6, 9, 12, 15, 19, 24], "every fault fired");
+    assert_eq!(stats.retries, 7, "one retry per transient fault");
+    assert_eq!(stats.time_resyncs, 1, "-1021 resyncs the clock once");
+    // Every request the mock saw was an attempt of the client's.
+    assert_eq!(exchange.requests, u64::from(stats.attempts));
+    assert_eq!(stats.attempts, stats.calls + stats.retries);
+    // Nothing transient was left failing: only the script's deliberate mistakes failed.
+    assert!(
+        transient_codes(&stats).is_empty(),
+        "{:?}",
+        stats.final_errors
+    );
+    let failed: Vec<_> = outcome
+        .errors
+        .iter()
+        .map(|e| e.classification().code.to_string())
+        .collect();
+    assert!(failed.contains(&"binance_-2010".to_owned()), "{failed:?}");
+    assert!(failed.contains(&"binance_-2011".to_owned()), "{failed:?}");
+    assert!(failed.contains(&"binance_-1121".to_owned()), "{failed:?}");
+    for error in &outcome.errors {
+        assert!(error.classification().is_caller_fault(), "{error}");
+        assert_eq!(error.attempts(), 1, "never retried: {error}");
+    }
+    // The client respected every pause and never overran the weight limit.
+    assert_eq!(exchange.requests_during_pause, 0);
+    assert_eq!(exchange.weight_refusals, 0);
+    // The slow order (if any) was not placed twice, and the session left nothing open.
+    assert_eq!(
+        exchange.orders_placed,
+        u64::from(outcome.orders_acknowledged)
+    );
+    assert_eq!(mock.open_orders(), 0);
+    assert_eq!(client.governor().stats().pauses, 2, "one 429 and one 418");
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_schedules_cost_exactly_one_retry_per_injected_fault() {
+    for seed in [1, 7, 42] {
+        let plan = FaultPlan::seeded(seed, 80, Duration::from_secs(3));
+        assert!(plan.len() >= 3, "seed {seed} schedules faults");
+        let (mock, client) = start(plan).await;
+        session::run(&client, 60).await;
+        let stats = client.stats();
+        let exchange = mock.stats();
+        assert!(exchange.faults_injected >= 3, "seed {seed}");
+        assert_eq!(
+            u64::from(stats.retries),
+            exchange.faults_injected,
+            "seed {seed}: {:?}",
+            exchange.injected
+        );
+        assert!(transient_codes(&stats).is_empty(), "seed {seed}");
+        assert_eq!(exchange.requests_during_pause, 0, "seed {seed}");
+        assert_eq!(exchange.weight_refusals, 0, "seed {seed}");
+        assert_eq!(mock.open_orders(), 0, "seed {seed}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistent_business_and_user_errors_are_never_retried() {
+    // The 4th request (an account call, signed) is rejected with -2010 by the schedule.
+    let plan = FaultPlan::new().at(4, Fault::Reject { code: -2010 });
+    let (mock, client) = start(plan).await;
+    client.ping().await.unwrap();
+    client.sync_time().await.unwrap();
+    client.account().await.unwrap();
+
+    let injected = client.account().await.unwrap_err();
+    assert_eq!(injected.exchange_code(), Some(-2010));
+    assert_eq!(injected.attempts(), 1);
+
+    // Real rejections from the mock's book: too big for the balance, then unknown orders.
+    let too_big = NewOrder {
+        symbol: "BTCUSDT".into(),
+        side: Side::Buy,
+        quantity: "10".into(),
+        price: "60000".into(),
+    };
+    let broke = client.place_order(&too_big).await.unwrap_err();
+    let class = broke.classification();
+    assert_eq!(class.code, "binance_-2010");
+    assert_eq!(class.transience, Transience::Persistent);
+    assert_eq!(class.category, Category::Business);
+    assert!(class.is_caller_fault());
+    assert_eq!(broke.attempts(), 1);
+    let text = broke.to_string();
+    assert!(text.contains("insufficient balance"), "{text}");
+    assert!(text.contains("Reduce the order size"), "{text}");
+
+    let unknown = client.cancel_order("BTCUSDT", 999_999).await.unwrap_err();
+    assert_eq!(unknown.exchange_code(), Some(-2011));
+    assert_eq!(unknown.classification().category, Category::User);
+    assert_eq!(unknown.attempts(), 1);
+
+    let stats = client.stats();
+    assert_eq!(stats.retries, 0);
+    assert_eq!(mock.stats().requests, 6, "one request per call");
+    // The refused order locked nothing.
+    assert_eq!(
+        mock.balance("USDT"),
+        Some(("10000.00000000".into(), "0.00000000".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_signature_is_a_persistent_security_failure() {
+    let mock = MockExchange::start(mock_config(FaultPlan::new()))
+        .await
+        .unwrap();
+    let client = client_for(mock.base_url(), "not-the-secret", GovernorConfig::default());
+    let err = client.account().await.unwrap_err();
+    let class = err.classification();
+    assert_eq!(class.code, "binance_-1022");
+    assert_eq!(class.category, Category::Security);
+    assert_eq!(class.transience, Transience::Persistent);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(mock.stats().requests, 1);
+}
+
+/// Waits (on the paused clock) until the mock has seen `n` requests.
+async fn until_arrivals(mock: &MockExchange, n: u64) {
+    while mock.stats().requests < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_every_call_until_the_advertised_time() {
+    let plan = FaultPlan::new().at(
+        1,
+        Fault::RateLimit {
+            retry_after: Duration::from_secs(30),
+        },
+    );
+    let (mock, client) = start(plan).await;
+    let client = Arc::new(client);
+    let started = Instant::now();
+
+    let first = tokio::spawn({
+        let client = Arc::clone(&client);
+        async move { client.ticker_price("BTCUSDT").await }
+    });
+    until_arrivals(&mock, 1).await;
+    // A second caller, after the 429: it must wait for the pause as well.
+    let second = tokio::spawn({
+        let client = Arc::clone(&client);
+        async move { client.ticker_price("ETHUSDT").await }
+    });
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+
+    let arrivals = mock.stats().arrivals;
+    assert_eq!(arrivals.len(), 3);
+    assert_eq!(arrivals[0].status, 429);
+    for later in &arrivals[1..] {
+        let after = later.at - started;
+        // The header's 30 s, not the code table's 60 s default for -1003.
+        assert!(after >= Duration::from_secs(30), "{after:?}");
+        assert!(after < Duration::from_secs(31), "{after:?}");
+        assert_eq!(later.status, 200);
+    }
+    assert_eq!(mock.stats().requests_during_pause, 0);
+    let governor = client.governor().stats();
+    assert_eq!(governor.pauses, 1);
+    assert!(governor.pause_waits >= 2, "{governor:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_418_ban_holds_calls_until_it_ends() {
+    let plan = FaultPlan::new().at(
+        2,
+        Fault::Ban {
+            retry_after: Duration::from_secs(120),
+        },
+    );
+    let (mock, client) = start(plan).await;
+    client.ping().await.unwrap();
+    let banned_at = Instant::now();
+    // Retried after the ban; the total timeout (90 s) is shorter than the ban, so the
+    // retry is given up rather than sent into the ban.
+    let err = client.ticker_price("BTCUSDT").await.unwrap_err();
+    assert_eq!(err.classification().code, "binance_-1003");
+    assert_eq!(mock.stats().requests, 2, "nothing sent during the ban");
+    // The next call waits for the end of the ban, then goes through.
+    client.ticker_price("BTCUSDT").await.unwrap();
+    let last = mock.stats().arrivals.last().unwrap().at;
+    assert!(last - banned_at >= Duration::from_secs(120));
+    assert_eq!(mock.stats().requests_during_pause, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_governor_slows_down_before_the_exchange_refuses() {
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 100;
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 100,
+        threshold: 0.8,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    let started = Instant::now();
+    for _ in 0..60 {
+        client.ticker_price("BTCUSDT").await.unwrap(); // weight 2: 120 in all
+    }
+    let exchange = mock.stats();
+    assert_eq!(exchange.weight_refusals, 0);
+    assert!(exchange.peak_weight <= 80, "{}", exchange.peak_weight);
+    let waits = client.governor().stats();
+    assert_eq!(waits.weight_waits, 1);
+    // 40 calls fit the first minute's budget; the 41st waited for the next window.
+    assert!(exchange.arrivals[39].at - started < Duration::from_secs(1));
+    assert!(exchange.arrivals[40].at - started >= Duration::from_secs(60));
+    assert_eq!(client.stats().retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_governor_the_exchange_refuses() {
+    // The same load with a client that believes the limit is ten times higher: the exchange
+    // answers 429, which shows the previous test's zero refusals are the governor's doing.
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 100;
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 1000,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    for _ in 0..60 {
+        client.ticker_price("BTCUSDT").await.unwrap();
+    }
+    assert!(mock.stats().weight_refusals >= 1);
+    assert!(client.stats().retries >= 1);
+    assert_eq!(mock.stats().requests_during_pause, 0);
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every event of this test binary at TRACE, from every thread and crate (reqwest, hyper,
+/// axum included). A global subscriber, not a scoped one: tracing caches per-callsite
+/// interest process-wide, so a thread-local subscriber can miss events whose callsites were
+/// first hit by a concurrently running test.
+fn captured_logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other test sets a subscriber");
+        logs
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_secret_reaches_logs_or_errors() {
+    let logs = captured_logs();
+
+    let plan = FaultPlan::seeded(5, 60, Duration::from_secs(3));
+    let (mock, client) = start(plan).await;
+    let outcome = session::run(&client, 40).await;
+
+    let mut texts = vec![format!("{client:?}")];
+    for error in &outcome.errors {
+        texts.push(error.to_string());
+        texts.push(format!("{error:?}"));
+    }
+    // A signature the exchange refuses, and a transport error on a signed request.
+    let wrong = client_for(mock.base_url(), "wrong-secret", GovernorConfig::default());
+    let refused = wrong.account().await.unwrap_err();
+    // A peer that hangs up on every connection, so each attempt fails inside reqwest (whose
+    // errors carry the signed URL until the transport strips it). The port stays ours: a
+    // closed port could be taken by a concurrently started mock, which would answer.
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = format!("http://{}", hang_up.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = hang_up.accept().await {
+            drop(connection);
+        }
+    });
+    let nowhere = client_for(closing, SECRET_KEY, GovernorConfig::default());
+    let order = NewOrder {
+        symbol: "BTCUSDT".into(),
+        side: Side::Buy,
+        quantity: "0.001".into(),
+        price: "100".into(),
+    };
+    let unreachable = nowhere.place_order(&order).await.unwrap_err();
+    assert_eq!(unreachable.operation(), Operation::PlaceOrder);
+    assert!(
+        matches!(unreachable, error::ExchangeError::Transport { .. }),
+        "{unreachable}"
+    );
+    for error in [&refused, &unreachable] {
+        texts.push(error.to_string());
+        texts.push(format!("{error:?}"));
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            texts.push(cause.to_string());
+            source = cause.source();
+        }
+    }
+    texts.push(format!("{nowhere:?}"));
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying"), "the capture works");
+    let signatures = mock.stats().signatures;
+    assert!(signatures.len() >= 5);
+    let mut secrets = vec![
+        API_KEY.to_owned(),
+        SECRET_KEY.to_owned(),
+        "wrong-secret".into(),
+    ];
+    secrets.extend(signatures);
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret in the logs");
+        for text in &texts {
+            assert!(!text.contains(secret.as_str()), "a secret in {text}");
+        }
+    }
+    // The signed URL is not there either, only the operation.
+    assert!(!logs.contains("signature="));
+    assert!(texts.iter().all(|t| !t.contains("signature=")));
+}
+
+#[test]
+fn credentials_debug_is_redacted() {
+    let credentials = Credentials::new(Secret::new(API_KEY), Secret::new(SECRET_KEY)).unwrap();
+    let shown = format!(
+        "{credentials:?} {:?}",
+        transport::sign(&Secret::new(SECRET_KEY), "a=1")
+    );
+    assert!(
+        !shown.contains(API_KEY) && !shown.contains(SECRET_KEY),
+        "{shown}"
+    );
+    assert!(shown.contains("<redacted>"));
+}
+
+#[test]
+fn signatures_match_binance_documentation() {
+    // The worked example of Binance's SIGNED endpoint documentation.
+    let secret = Secret::new("NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j");
+    let payload = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559";
+    assert_eq!(
+        transport::sign(&secret, payload).expose(),
+        "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+    );
+}
+
+#[test]
+fn used_weight_headers_name_their_window() {
+    use http::HeaderMap;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-mbx-used-weight-1m", "417".parse().unwrap());
+    assert_eq!(
+        governor::used_weight(&headers),
+        Some((Duration::from_secs(60), 417))
+    );
+    assert_eq!(
+        governor::parse_interval("10s"),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(
+        governor::parse_interval("1h"),
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(governor::parse_interval("0m"), None);
+    assert_eq!(governor::parse_interval("m"), None);
+    assert_eq!(governor::parse_interval("5x"), None);
+    let mut bad = HeaderMap::new();
+    bad.insert("x-mbx-used-weight-1m", "lots".parse().unwrap());
+    assert_eq!(governor::used_weight(&bad), None);
+}
+
+#[test]
+fn fixed_point_amounts_parse_strictly() {
+    assert_eq!(mock::parse_fixed("0.001"), Some(100_000));
+    assert_eq!(mock::parse_fixed("60000"), Some(6_000_000_000_000));
+    assert_eq!(mock::parse_fixed("1.123456789"), None);
+    assert_eq!(mock::parse_fixed("-1"), None);
+    assert_eq!(mock::parse_fixed("1e5"), None);
+    assert_eq!(mock::parse_fixed("."), None);
+    assert_eq!(mock::format_fixed(123_456_789), "1.23456789");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_order_is_placed_once() {
+    // The exchange takes the order but answers after the attempt timeout (2 s). The retry
+    // carries the same newClientOrderId and is refused as a duplicate (-2010, as Binance
+    // does); the client then finds the order by that id instead of reporting a failure.
+    let plan = FaultPlan::new().at(
+        1,
+        Fault::Slow {
+            delay: Duration::from_secs(5),
+        },
+    );
+    let (mock, client) = start(plan).await;
+    let order = NewOrder {
+        symbol: "ETHUSDT".into(),
+        side: Side::Buy,
+        quantity: "0.5".into(),
+        price: "2900".into(),
+    };
+    let ack = client.place_order(&order).await.unwrap();
+    assert_eq!(ack.status, "NEW");
+    assert_eq!(ack.client_order_id, "palisade-1");
+    let stats = client.stats();
+    assert_eq!(stats.retries, 1);
+    assert_eq!(stats.failures_with_code("timeout_attempt"), 1);
+    assert_eq!(stats.failures_with_code("binance_-2010"), 1);
+    assert_eq!(stats.duplicates_resolved, 1);
+    assert!(stats.final_errors.is_empty(), "{:?}", stats.final_errors);
+    assert_eq!(stats.succeeded, stats.calls);
+    let exchange = mock.stats();
+    let operations: Vec<_> = exchange.arrivals.iter().map(|a| a.operation).collect();
+    assert_eq!(
+        operations,
+        [
+            Some(Operation::PlaceOrder),
+            Some(Operation::PlaceOrder),
+            Some(Operation::QueryOrder)
+        ]
+    );
+    assert_eq!(exchange.orders_placed, 1, "one order, not two");
+    assert_eq!(mock.open_orders(), 1);
+    assert_eq!(
+        mock.balance("USDT"),
+        Some(("8550.00000000".into(), "1450.00000000".into()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_governor_learns_the_window_from_the_header_name() {
+    // A 10-second window (X-MBX-USED-WEIGHT-10S): the client, configured for a minute,
+    // waits for the 10-second boundary, not the minute.
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 50;
+    config.window = Duration::from_secs(10);
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 50,
+        threshold: 0.8,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    let started = Instant::now();
+    for _ in 0..30 {
+        client.ticker_price("BNBUSDT").await.unwrap();
+    }
+    let exchange = mock.stats();
+    assert_eq!(exchange.weight_refusals, 0);
+    assert_eq!(client.governor().stats().weight_waits, 1);
+    let resumed = exchange.arrivals[20].at - started;
+    assert!(resumed >= Duration::from_secs(10), "{resumed:?}");
+    assert!(resumed < Duration::from_secs(11), "{resumed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_sync_held_by_the_governor_measures_only_the_round_trip() {
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 100;
+    let mock = MockExchange::start(config).await.unwrap();
+    let governor = GovernorConfig {
+        limit: 100,
+        threshold: 0.8,
+        ..GovernorConfig::default()
+    };
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    for _ in 0..40 {
+        client.ticker_price("BTCUSDT").await.unwrap(); // the whole budget: 80
+    }
+    let started = Instant::now();
+    let offset = client.sync_time().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(59),
+        "it waited for the window"
+    );
+    // Both clocks read the same time: the wait before sending is not half a round trip.
+    assert!(offset.abs() <= 5, "offset {offset} ms");
+    // And signed requests after it are accepted.
+    client.account().await.unwrap();
+}
+
+fn rejected(message: &str, attempts: u32) -> error::ExchangeError {
+    error::ExchangeError::Rejected {
+        operation: Operation::PlaceOrder,
+        status: 400,
+        exchange_code: Some(-2010),
+        exchange_message: message.into(),
+        classification: palisade::classify::Classification::unclassified(),
+        message: None,
+        suggestion: None,
+        attempts,
+    }
+}
+
+#[test]
+fn only_a_duplicate_of_an_earlier_attempt_is_resolved_by_a_lookup() {
+    assert!(rejected("Duplicate order sent.", 2).is_duplicate_of_an_earlier_attempt());
+    // On a first attempt the id was reused by the caller: a real error.
+    assert!(!rejected("Duplicate order sent.", 1).is_duplicate_of_an_earlier_attempt());
+    // -2010 for another reason is never a duplicate.
+    let broke = rejected("Account has insufficient balance for requested action.", 2);
+    assert!(!broke.is_duplicate_of_an_earlier_attempt());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_order_lookup_is_a_persistent_user_error() {
+    let (_mock, client) = start(FaultPlan::new()).await;
+    let err = client
+        .query_order("BTCUSDT", "palisade-404")
+        .await
+        .unwrap_err();
+    assert_eq!(err.exchange_code(), Some(-2013));
+    assert_eq!(err.classification().category, Category::User);
+    assert_eq!(err.attempts(), 1);
+}
