@@ -39,6 +39,8 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+#[cfg(feature = "correlation")]
+pub mod correlation;
 pub mod error;
 pub mod policy;
 
