@@ -42,6 +42,8 @@ pub mod classify;
 #[cfg(feature = "correlation")]
 pub mod correlation;
 pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod policy;
 
 pub use error::Error;
