@@ -42,6 +42,7 @@ pub mod classify;
 #[cfg(feature = "correlation")]
 pub mod correlation;
 pub mod error;
+pub mod health;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod policy;
