@@ -48,7 +48,12 @@ fn classify(c: &mut Criterion) {
 fn policies(c: &mut Criterion) {
     let policies = Policies::from_yaml_str(POLICIES).unwrap();
     c.bench_function("policy/for_operation", |b| {
-        b.iter(|| policies.for_operation(black_box("payment_gateway")).timeout.total)
+        b.iter(|| {
+            policies
+                .for_operation(black_box("payment_gateway"))
+                .timeout
+                .total
+        })
     });
     c.bench_function("policy/for_route", |b| {
         b.iter(|| {

@@ -46,6 +46,8 @@ pub mod health;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod policy;
+#[cfg(feature = "http")]
+pub mod redact;
 
 pub use error::Error;
 

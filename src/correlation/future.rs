@@ -2,11 +2,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderName, HeaderValue, Response};
+use std::sync::Arc;
+
+use http::{HeaderValue, Response};
 use tokio::task::futures::TaskLocalFuture;
 use tracing::instrument::Instrumented;
 
 use super::CorrelationId;
+use super::layer::CorrelationConfig;
 
 pin_project_lite::pin_project! {
     /// The response future of [`CorrelationService`](super::CorrelationService): runs the inner
@@ -16,19 +19,21 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        echo: Option<(HeaderName, HeaderValue)>,
+        config: Arc<CorrelationConfig>,
+        echo: Option<HeaderValue>,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        header: HeaderName,
-        value: HeaderValue,
+        config: Arc<CorrelationConfig>,
+        echo: HeaderValue,
     ) -> Self {
         ResponseFuture {
             inner,
-            echo: Some((header, value)),
+            config,
+            echo: Some(echo),
         }
     }
 }
@@ -42,8 +47,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((header, value))) = (&mut result, this.echo.take()) {
-            response.headers_mut().insert(header, value);
+        if let (Ok(response), Some(value)) = (&mut result, this.echo.take()) {
+            let headers = response.headers_mut();
+            headers.insert(this.config.headers[0].clone(), value);
+            this.config.sensitive.mark(headers);
         }
         Poll::Ready(result)
     }

@@ -4,6 +4,7 @@ use http::HeaderName;
 use tower_layer::Layer;
 
 use super::{CorrelationService, X_REQUEST_ID};
+use crate::redact::SensitiveHeaders;
 
 /// Server-side correlation: reads, validates or generates the request's ID, and echoes it.
 ///
@@ -19,6 +20,8 @@ pub(crate) struct CorrelationConfig {
     /// the header the handler finds the (validated) ID in.
     pub(crate) headers: Vec<HeaderName>,
     pub(crate) use_traceparent: bool,
+    pub(crate) sensitive: SensitiveHeaders,
+    pub(crate) log_headers: bool,
     #[cfg(feature = "opentelemetry")]
     pub(crate) join_trace: bool,
 }
@@ -36,6 +39,8 @@ impl CorrelationLayer {
             config: Arc::new(CorrelationConfig {
                 headers: vec![X_REQUEST_ID],
                 use_traceparent: true,
+                sensitive: SensitiveHeaders::default(),
+                log_headers: false,
                 #[cfg(feature = "opentelemetry")]
                 join_trace: true,
             }),
@@ -65,6 +70,21 @@ impl CorrelationLayer {
     /// present (default `true`), so logs of a traced request share the trace's ID.
     pub fn use_traceparent(mut self, yes: bool) -> Self {
         Arc::make_mut(&mut self.config).use_traceparent = yes;
+        self
+    }
+
+    /// The headers whose values are flagged sensitive on every request and response (so
+    /// their `Debug` output hides them) and redacted when logged. Default:
+    /// [`SensitiveHeaders::default`].
+    pub fn sensitive_headers(mut self, sensitive: SensitiveHeaders) -> Self {
+        Arc::make_mut(&mut self.config).sensitive = sensitive;
+        self
+    }
+
+    /// Whether to log each request's headers, sensitive ones redacted, in a DEBUG event inside
+    /// the request span (default `false`).
+    pub fn log_headers(mut self, yes: bool) -> Self {
+        Arc::make_mut(&mut self.config).log_headers = yes;
         self
     }
 

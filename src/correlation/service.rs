@@ -53,12 +53,13 @@ impl Source {
 }
 
 impl CorrelationConfig {
-    fn extract(&self, headers: &HeaderMap) -> (CorrelationId, Source) {
+    /// The request's ID and where it came from, and whether an ID header was rejected.
+    fn extract(&self, headers: &HeaderMap) -> (CorrelationId, Source, bool) {
         let mut rejected = false;
         for name in &self.headers {
             if let Some(value) = headers.get(name) {
                 match CorrelationId::from_header(value) {
-                    Some(id) => return (id, Source::Header),
+                    Some(id) => return (id, Source::Header, rejected),
                     None => rejected = true,
                 }
             }
@@ -68,14 +69,14 @@ impl CorrelationConfig {
                 .get(TRACEPARENT)
                 .and_then(CorrelationId::from_traceparent)
         {
-            return (id, Source::Traceparent);
+            return (id, Source::Traceparent, rejected);
         }
         let source = if rejected {
             Source::Replaced
         } else {
             Source::Generated
         };
-        (CorrelationId::generate(), source)
+        (CorrelationId::generate(), source, rejected)
     }
 }
 
@@ -92,33 +93,49 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (id, source) = self.config.extract(req.headers());
-        let header = &self.config.headers[0];
+        let config = &self.config;
+        let (id, source, rejected) = config.extract(req.headers());
+        let header = &config.headers[0];
         let span = tracing::info_span!(
             "request",
             correlation_id = id.as_str(),
             method = %req.method(),
         );
-        if source == Source::Replaced {
-            // The rejected value is not logged: it is attacker-controlled.
+        if rejected {
+            // Invalid ID headers are dropped, so nothing downstream (a handler, a log of the
+            // headers) sees the attacker-controlled value; the value itself is never logged.
+            for name in &config.headers[1..] {
+                if req
+                    .headers()
+                    .get(name)
+                    .is_some_and(|v| !CorrelationId::is_valid(v.as_bytes()))
+                {
+                    req.headers_mut().remove(name);
+                }
+            }
             span.in_scope(|| {
                 tracing::debug!(
-                    header = %header,
                     source = source.as_str(),
-                    "incoming correlation id is invalid; replaced by a generated one",
+                    "incoming correlation id is invalid; not used",
                 );
             });
         }
         #[cfg(feature = "opentelemetry")]
-        if self.config.join_trace {
+        if config.join_trace {
             super::otel::join_incoming_trace(&span, req.headers());
         }
         // Handlers that read the header see only the validated ID.
         req.headers_mut()
             .insert(header.clone(), id.header_value().clone());
+        config.sensitive.mark(req.headers_mut());
+        if config.log_headers {
+            span.in_scope(|| {
+                tracing::debug!(headers = %config.sensitive.redact(req.headers()), "request headers");
+            });
+        }
         req.extensions_mut().insert(id.clone());
         let echo = id.header_value().clone();
         let inner = super::scope(id, self.inner.call(req).instrument(span));
-        ResponseFuture::new(inner, header.clone(), echo)
+        ResponseFuture::new(inner, config.clone(), echo)
     }
 }
