@@ -35,6 +35,8 @@ impl<S> CorrelationService<S> {
 /// Where the request's ID came from, for the span and the debug event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
+    /// The main header: already on the request as it should be.
+    MainHeader,
     Header,
     Traceparent,
     Generated,
@@ -44,7 +46,7 @@ enum Source {
 impl Source {
     fn as_str(self) -> &'static str {
         match self {
-            Source::Header => "header",
+            Source::MainHeader | Source::Header => "header",
             Source::Traceparent => "traceparent",
             Source::Generated => "generated",
             Source::Replaced => "replaced",
@@ -56,9 +58,10 @@ impl CorrelationConfig {
     /// The request's ID and where it came from, and whether an ID header was rejected.
     fn extract(&self, headers: &HeaderMap) -> (CorrelationId, Source, bool) {
         let mut rejected = false;
-        for name in &self.headers {
+        for (i, name) in self.headers.iter().enumerate() {
             if let Some(value) = headers.get(name) {
                 match CorrelationId::from_header(value) {
+                    Some(id) if i == 0 => return (id, Source::MainHeader, rejected),
                     Some(id) => return (id, Source::Header, rejected),
                     None => rejected = true,
                 }
@@ -125,8 +128,10 @@ where
             super::otel::join_incoming_trace(&span, req.headers());
         }
         // Handlers that read the header see only the validated ID.
-        req.headers_mut()
-            .insert(header.clone(), id.header_value().clone());
+        if source != Source::MainHeader {
+            req.headers_mut()
+                .insert(header.clone(), id.header_value().clone());
+        }
         config.sensitive.mark(req.headers_mut());
         if config.log_headers {
             span.in_scope(|| {

@@ -3,11 +3,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use metrics::SharedString;
+use metrics::{Metadata, SharedString};
 use tokio::time::Instant;
 
 use super::layer::Shared;
-use super::names;
+use super::{Operation, names};
 use crate::classify::{Classify, Outcome};
 
 pin_project_lite::pin_project! {
@@ -22,11 +22,8 @@ pin_project_lite::pin_project! {
     impl<F, C> PinnedDrop for ResponseFuture<F, C> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                metrics::counter!(
-                    names::REQUESTS_TOTAL,
-                    "operation" => pending.operation, "outcome" => "cancelled"
-                )
-                .increment(1);
+                let key = &pending.operation.keys().cancelled;
+                metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
             }
         }
     }
@@ -34,12 +31,12 @@ pin_project_lite::pin_project! {
 
 struct Pending<C> {
     shared: Arc<Shared<C>>,
-    operation: SharedString,
+    operation: Operation,
     start: Instant,
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared<C>>, operation: SharedString) -> Self {
+    pub(crate) fn new(inner: F, shared: Arc<Shared<C>>, operation: Operation) -> Self {
         ResponseFuture {
             inner,
             pending: Some(Pending {
@@ -69,16 +66,24 @@ where
     }
 }
 
+/// Where the metrics come from, for recorders that filter by target or level.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 impl<C> Pending<C> {
     fn record(self, outcome: &Outcome) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let label = match outcome {
-            Outcome::Success => "success",
-            Outcome::Failure(_) => "failure",
-            Outcome::Ignored => "ignored",
+        let keys = self.operation.keys();
+        let requests = match outcome {
+            Outcome::Success => &keys.success,
+            Outcome::Failure(_) => &keys.failure,
+            Outcome::Ignored => &keys.ignored,
         };
-        metrics::histogram!(names::REQUEST_DURATION_SECONDS, "operation" => self.operation.clone())
-            .record(elapsed);
+        metrics::with_recorder(|r| {
+            r.register_histogram(&keys.duration, &METADATA)
+                .record(elapsed);
+            r.register_counter(requests, &METADATA).increment(1);
+        });
         if let Outcome::Failure(class) = outcome {
             let code = if self.shared.codes.admit(&class.code) {
                 SharedString::from(class.code.as_str().to_owned())
@@ -87,7 +92,7 @@ impl<C> Pending<C> {
             };
             metrics::counter!(
                 names::ERRORS_TOTAL,
-                "operation" => self.operation.clone(),
+                "operation" => keys.name.clone(),
                 "category" => class.category.as_str(),
                 "severity" => class.severity.as_str(),
                 "transience" => class.transience.as_str(),
@@ -95,15 +100,16 @@ impl<C> Pending<C> {
             )
             .increment(1);
         }
-        metrics::counter!(names::REQUESTS_TOTAL, "operation" => self.operation, "outcome" => label)
-            .increment(1);
     }
 }
 
 impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("operation", &self.pending.as_ref().map(|p| &p.operation))
+            .field(
+                "operation",
+                &self.pending.as_ref().map(|p| p.operation.name()),
+            )
             .finish_non_exhaustive()
     }
 }

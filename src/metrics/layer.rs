@@ -4,7 +4,7 @@ use metrics::SharedString;
 use tower_layer::Layer;
 
 use super::codes::CodeLimit;
-use super::{ErrorMetrics, OperationName};
+use super::{ErrorMetrics, Operation};
 
 /// The default cap on distinct `code` label values per layer.
 pub const DEFAULT_MAX_CODES: usize = 128;
@@ -13,7 +13,7 @@ pub const DEFAULT_MAX_CODES: usize = 128;
 ///
 /// See the [module docs](super) for the metrics and their labels.
 #[derive(Clone, Debug)]
-pub struct ErrorMetricsLayer<C, O = OperationName> {
+pub struct ErrorMetricsLayer<C, O = Operation> {
     pub(crate) shared: Arc<Shared<C>>,
     pub(crate) operation: O,
 }
@@ -24,7 +24,7 @@ pub(crate) struct Shared<C> {
     pub(crate) codes: CodeLimit,
 }
 
-impl<C> ErrorMetricsLayer<C, OperationName> {
+impl<C> ErrorMetricsLayer<C, Operation> {
     /// Judges outcomes with `classifier`; every call is labelled `operation="other"` until you
     /// pick names with [`operation`](Self::operation) or [`operation_from`](Self::operation_from).
     pub fn new(classifier: C) -> Self {
@@ -33,25 +33,22 @@ impl<C> ErrorMetricsLayer<C, OperationName> {
                 classifier,
                 codes: CodeLimit::new(DEFAULT_MAX_CODES),
             }),
-            operation: OperationName::new(super::names::OTHER),
+            operation: Operation::other(),
         }
     }
 }
 
 impl<C, O> ErrorMetricsLayer<C, O> {
     /// Labels every call with `operation` (a policy name).
-    pub fn operation(
-        self,
-        operation: impl Into<SharedString>,
-    ) -> ErrorMetricsLayer<C, OperationName> {
+    pub fn operation(self, operation: impl Into<SharedString>) -> ErrorMetricsLayer<C, Operation> {
         ErrorMetricsLayer {
             shared: self.shared,
-            operation: OperationName::new(operation),
+            operation: Operation::new(operation),
         }
     }
 
-    /// Labels each call by `operation_of` (a [`PolicyOperations`](super::PolicyOperations), or
-    /// a closure returning a bounded value).
+    /// Labels each call by `operation_of`: a [`PolicyOperations`](super::PolicyOperations), or
+    /// a closure returning one of a few [`Operation`]s built up front.
     pub fn operation_from<P>(self, operation_of: P) -> ErrorMetricsLayer<C, P> {
         ErrorMetricsLayer {
             shared: self.shared,

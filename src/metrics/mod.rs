@@ -62,9 +62,10 @@
 //!
 //! # Cost
 //!
-//! A successful call costs a clock read, one `Arc` bump and two key builds (counter and
-//! histogram); failures add one more key and a lookup in the code cap's set. With no recorder
-//! installed the key builds are the whole cost: see `docs/performance.md`.
+//! Each [`Operation`] builds its metric keys once, so a successful call costs a clock read, two
+//! `Arc` bumps, the classifier, and two handle look-ups in the installed recorder, with no
+//! allocation. A failure also builds the `palisade_errors_total` key (its labels depend on the
+//! classification) and checks the code cap. See `docs/performance.md`.
 //!
 //! # Cancellation
 //!
@@ -81,7 +82,7 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_CODES, ErrorMetricsLayer};
-pub use operation::{OperationName, OperationOf, PolicyOperations};
+pub use operation::{Operation, OperationOf, PolicyOperations};
 pub use record::{
     BreakerState, RetryOutcomeKind, record_breaker_rejected, record_breaker_state,
     record_breaker_transition, record_bulkhead, record_bulkhead_rejected, record_retry,

@@ -1,48 +1,103 @@
 //! Which `operation` label a request gets: from the policy table, a route template, or a fixed
 //! name, never from the raw path.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
-use metrics::SharedString;
+use metrics::{Key, Label, SharedString};
 
 use crate::policy::Policies;
 
-use super::names::OTHER;
+use super::names::{self, OTHER};
 
-/// Picks the `operation` label for a request.
+/// An `operation` label value with its metric keys built once, so recording a call allocates
+/// nothing and hashes nothing. Cheap to clone (one `Arc`).
 ///
-/// Implementations must return a value from a bounded set (policy names, route templates, a
-/// fixed name, or `"other"`); the label ends up in every time series the request touches.
-/// Implemented for closures `Fn(&Req) -> SharedString`.
+/// Build the few operations a service has up front (policy names, route templates); a label
+/// made per request from request data would defeat the point and the cardinality bound.
+#[derive(Clone)]
+pub struct Operation(Arc<OperationKeys>);
+
+pub(crate) struct OperationKeys {
+    pub(crate) name: SharedString,
+    pub(crate) success: Key,
+    pub(crate) failure: Key,
+    pub(crate) ignored: Key,
+    pub(crate) cancelled: Key,
+    pub(crate) duration: Key,
+}
+
+impl Operation {
+    /// The operation named `name`.
+    pub fn new(name: impl Into<SharedString>) -> Self {
+        let name = name.into();
+        let requests = |outcome: &'static str| {
+            Key::from_parts(
+                names::REQUESTS_TOTAL,
+                vec![
+                    Label::new("operation", name.clone()),
+                    Label::from_static_parts("outcome", outcome),
+                ],
+            )
+        };
+        Operation(Arc::new(OperationKeys {
+            success: requests("success"),
+            failure: requests("failure"),
+            ignored: requests("ignored"),
+            cancelled: requests("cancelled"),
+            duration: Key::from_parts(
+                names::REQUEST_DURATION_SECONDS,
+                vec![Label::new("operation", name.clone())],
+            ),
+            name,
+        }))
+    }
+
+    /// The catch-all operation, `"other"`.
+    pub fn other() -> Self {
+        Operation::new(OTHER)
+    }
+
+    /// The label value.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub(crate) fn keys(&self) -> &OperationKeys {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Operation").field(&self.name()).finish()
+    }
+}
+
+/// Picks the [`Operation`] of a request.
+///
+/// Implementations must return one of a bounded set of operations (policy names, route
+/// templates, a fixed name, or [`Operation::other`]); the label ends up in every time series the
+/// request touches. Implemented for closures `Fn(&Req) -> Operation`.
 pub trait OperationOf<Req> {
-    /// The label for `req`.
-    fn operation_of(&self, req: &Req) -> SharedString;
+    /// The operation of `req`.
+    fn operation_of(&self, req: &Req) -> Operation;
 }
 
 impl<Req, F> OperationOf<Req> for F
 where
-    F: Fn(&Req) -> SharedString,
+    F: Fn(&Req) -> Operation,
 {
-    fn operation_of(&self, req: &Req) -> SharedString {
+    fn operation_of(&self, req: &Req) -> Operation {
         self(req)
     }
 }
 
-/// One name for every request: a client stack for one downstream operation.
-#[derive(Clone, Debug)]
-pub struct OperationName(SharedString);
-
-impl OperationName {
-    /// The name `name`.
-    pub fn new(name: impl Into<SharedString>) -> Self {
-        OperationName(name.into())
-    }
-}
-
-impl<Req> OperationOf<Req> for OperationName {
-    fn operation_of(&self, _req: &Req) -> SharedString {
-        self.0.clone()
+/// One operation for every request: a client stack for one downstream operation.
+impl<Req> OperationOf<Req> for Operation {
+    fn operation_of(&self, _req: &Req) -> Operation {
+        self.clone()
     }
 }
 
@@ -57,15 +112,23 @@ impl<Req> OperationOf<Req> for OperationName {
 #[derive(Clone, Debug)]
 pub struct PolicyOperations {
     policies: Arc<Policies>,
-    templates: Arc<HashSet<Box<str>>>,
+    by_policy: Arc<HashMap<Arc<str>, Operation>>,
+    by_template: Arc<HashMap<Box<str>, Operation>>,
+    other: Operation,
 }
 
 impl PolicyOperations {
     /// Labels requests by the policy their route maps to.
     pub fn new(policies: Arc<Policies>) -> Self {
+        let by_policy = policies
+            .operations()
+            .map(|p| (p.name_arc().clone(), Operation::new(p.name_arc().clone())))
+            .collect();
         PolicyOperations {
             policies,
-            templates: Arc::default(),
+            by_policy: Arc::new(by_policy),
+            by_template: Arc::default(),
+            other: Operation::other(),
         }
     }
 
@@ -76,33 +139,45 @@ impl PolicyOperations {
         I: IntoIterator<Item = T>,
         T: Into<Box<str>>,
     {
-        self.templates = Arc::new(templates.into_iter().map(Into::into).collect());
+        let by_template = templates
+            .into_iter()
+            .map(|t| {
+                let t: Box<str> = t.into();
+                let op = Operation::new(t.to_string());
+                (t, op)
+            })
+            .collect();
+        self.by_template = Arc::new(by_template);
         self
     }
 
-    /// The label for a method and route template or path.
-    pub fn label(&self, method: &str, route: &str) -> SharedString {
-        match self.policies.route(method, route) {
-            Some(policy) => SharedString::from(policy.name_arc().clone()),
-            None => SharedString::const_str(OTHER),
-        }
+    /// The operation of a method and route template or path: its policy's, or `other`.
+    pub fn operation(&self, method: &str, route: &str) -> Operation {
+        self.policies
+            .route(method, route)
+            .and_then(|policy| self.by_policy.get(policy.name()))
+            .unwrap_or(&self.other)
+            .clone()
     }
 }
 
 #[cfg(feature = "http")]
 impl<B> OperationOf<http::Request<B>> for PolicyOperations {
-    fn operation_of(&self, req: &http::Request<B>) -> SharedString {
+    fn operation_of(&self, req: &http::Request<B>) -> Operation {
         #[cfg(feature = "axum")]
         if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
             let template = matched.as_str();
-            if let Some(policy) = self.policies.route(req.method().as_str(), template) {
-                return SharedString::from(policy.name_arc().clone());
+            if let Some(policy) = self.policies.route(req.method().as_str(), template)
+                && let Some(op) = self.by_policy.get(policy.name())
+            {
+                return op.clone();
             }
-            if self.templates.contains(template) {
-                return SharedString::from(template.to_owned());
-            }
-            return SharedString::const_str(OTHER);
+            return self
+                .by_template
+                .get(template)
+                .unwrap_or(&self.other)
+                .clone();
         }
-        self.label(req.method().as_str(), req.uri().path())
+        self.operation(req.method().as_str(), req.uri().path())
     }
 }
