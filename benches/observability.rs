@@ -74,6 +74,10 @@ fn request(id: Option<&'static str>) -> Request<()> {
     req
 }
 
+/// Stands for the extension hyper adds to each request it parses.
+#[derive(Clone)]
+struct Served;
+
 fn correlation(c: &mut Criterion) {
     let mut g = c.benchmark_group("correlation");
     let mut plain = Answer(StatusCode::OK);
@@ -83,6 +87,19 @@ fn correlation(c: &mut Criterion) {
     let mut layered = CorrelationLayer::new().layer(Answer(StatusCode::OK));
     g.bench_function("incoming_id", |b| {
         b.iter(|| now(layered.call(black_box(request(Some("pay-2026-000042"))))))
+    });
+    // hyper's server puts an extension on every request it parses, so in a real server the
+    // extension map exists before the layer adds the ID to it.
+    let served = |id| {
+        let mut req = request(id);
+        req.extensions_mut().insert(Served);
+        req
+    };
+    g.bench_function("baseline_with_id_as_served", |b| {
+        b.iter(|| now(plain.call(black_box(served(Some("pay-2026-000042"))))))
+    });
+    g.bench_function("incoming_id_as_served", |b| {
+        b.iter(|| now(layered.call(black_box(served(Some("pay-2026-000042"))))))
     });
     g.bench_function("baseline_without_id", |b| {
         b.iter(|| now(plain.call(black_box(request(None)))))
@@ -129,4 +146,29 @@ fn error_metrics(c: &mut Criterion) {
 }
 
 criterion_group!(benches, correlation, error_metrics);
-criterion_main!(benches);
+criterion_main!(benches, blocks);
+
+/// The pieces the layers are made of, to explain their figures: a clock read, an empty span, a
+/// task-local scope, a first extension.
+fn building_blocks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("building_blocks");
+    let id = CorrelationId::parse(b"pay-2026-000042").unwrap();
+    g.bench_function("request_with_first_extension", |b| {
+        b.iter(|| {
+            let mut r = request(None);
+            r.extensions_mut().insert(id.clone());
+            r
+        })
+    });
+    g.bench_function("request_alone", |b| b.iter(|| request(None)));
+    g.bench_function("disabled_span", |b| {
+        b.iter(|| tracing::info_span!("request", correlation_id = id.as_str()))
+    });
+    g.bench_function("task_local_scope_poll", |b| {
+        b.iter(|| now(palisade::correlation::scope(id.clone(), async { 1 })))
+    });
+    g.bench_function("tokio_instant", |b| b.iter(tokio::time::Instant::now));
+    g.bench_function("std_instant", |b| b.iter(std::time::Instant::now));
+    g.finish();
+}
+criterion_group!(blocks, building_blocks);

@@ -21,9 +21,8 @@
 //! use palisade::correlation::{CorrelationId, CorrelationLayer, X_REQUEST_ID};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! # tokio_test();
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn tokio_test() {
+//! # async fn main() {
 //! let service = ServiceBuilder::new()
 //!     .layer(CorrelationLayer::new())
 //!     .service_fn(|_req: Request<()>| async {
