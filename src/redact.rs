@@ -36,7 +36,12 @@ use http::{HeaderMap, HeaderName};
 
 /// The names of headers whose values are never logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SensitiveHeaders(Arc<[HeaderName]>);
+pub struct SensitiveHeaders {
+    names: Arc<[HeaderName]>,
+    /// Bit `n` is set when a listed name is `n` bytes long (bit 127: 127 or longer), so most
+    /// headers are ruled out by their length before any name comparison.
+    lengths: u128,
+}
 
 /// The headers [`SensitiveHeaders::default`] hides.
 pub const DEFAULT_SENSITIVE_HEADERS: [HeaderName; 6] = [
@@ -50,14 +55,24 @@ pub const DEFAULT_SENSITIVE_HEADERS: [HeaderName; 6] = [
 
 impl Default for SensitiveHeaders {
     fn default() -> Self {
-        SensitiveHeaders(Arc::new(DEFAULT_SENSITIVE_HEADERS))
+        SensitiveHeaders::from_names(Arc::new(DEFAULT_SENSITIVE_HEADERS))
     }
 }
 
+#[inline]
+fn length_bit(name: &HeaderName) -> u128 {
+    1u128 << name.as_str().len().min(127)
+}
+
 impl SensitiveHeaders {
+    fn from_names(names: Arc<[HeaderName]>) -> Self {
+        let lengths = names.iter().fold(0, |mask, n| mask | length_bit(n));
+        SensitiveHeaders { names, lengths }
+    }
+
     /// No header is sensitive (values already flagged sensitive stay hidden by `redact`).
     pub fn none() -> Self {
-        SensitiveHeaders(Arc::new([]))
+        SensitiveHeaders::from_names(Arc::new([]))
     }
 
     /// These headers and `name`.
@@ -65,19 +80,21 @@ impl SensitiveHeaders {
         if self.contains(&name) {
             return self;
         }
-        let mut names = self.0.to_vec();
+        let mut names = self.names.to_vec();
         names.push(name);
-        SensitiveHeaders(names.into())
+        SensitiveHeaders::from_names(names.into())
     }
 
     /// Whether `name` is in the list.
+    #[inline]
     pub fn contains(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|n| n == name)
+        self.lengths & length_bit(name) != 0 && self.names.iter().any(|n| n == name)
     }
 
-    /// Flags every value of a listed header as sensitive. No allocation.
+    /// Flags every value of a listed header as sensitive. No allocation; a header whose name
+    /// length matches no listed name costs a bit test.
     pub fn mark(&self, headers: &mut HeaderMap) {
-        if self.0.is_empty() {
+        if self.names.is_empty() {
             return;
         }
         for (name, value) in headers.iter_mut() {
@@ -128,5 +145,48 @@ impl fmt::Display for Redacted<'_> {
 impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn names_of_the_same_length_are_told_apart() {
+        let long = HeaderName::from_bytes(&[b'x'; 200]).unwrap();
+        let longer = HeaderName::from_bytes(&[b'y'; 300]).unwrap();
+        let sensitive = SensitiveHeaders::default().with(long.clone());
+        assert!(sensitive.contains(&http::header::AUTHORIZATION));
+        assert!(sensitive.contains(&HeaderName::from_static("x-mbx-apikey")));
+        // Same length as `x-mbx-apikey`, `cookie` and `set-cookie`, but not listed.
+        assert!(!sensitive.contains(&HeaderName::from_static("x-request-id")));
+        assert!(!sensitive.contains(&http::header::ACCEPT));
+        assert!(!sensitive.contains(&http::header::USER_AGENT));
+        assert!(sensitive.contains(&long));
+        assert!(!sensitive.contains(&longer));
+        assert!(!SensitiveHeaders::none().contains(&http::header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_header_is_marked() {
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", HeaderValue::from_static("a=1"));
+        headers.append("cookie", HeaderValue::from_static("b=2"));
+        headers.append("accept", HeaderValue::from_static("*/*"));
+        SensitiveHeaders::default().mark(&mut headers);
+        assert!(
+            headers
+                .get_all("cookie")
+                .iter()
+                .all(HeaderValue::is_sensitive)
+        );
+        assert!(!headers["accept"].is_sensitive());
+        let line = SensitiveHeaders::none().redact(&headers).to_string();
+        assert_eq!(
+            line,
+            "{cookie: [redacted], cookie: [redacted], accept: */*}"
+        );
     }
 }

@@ -50,7 +50,11 @@ where
         if let (Ok(response), Some(value)) = (&mut result, this.echo.take()) {
             let headers = response.headers_mut();
             headers.insert(this.config.headers[0].clone(), value);
-            this.config.sensitive.mark(headers);
+            // Of the usual secrets only cookies travel on responses; a look-up for that one
+            // header is cheaper than scanning every response header.
+            if headers.contains_key(http::header::SET_COOKIE) {
+                this.config.sensitive.mark(headers);
+            }
         }
         Poll::Ready(result)
     }
