@@ -8,7 +8,7 @@
 //!
 //! Each component has a status ([`HealthStatus`]), a detail and the time its status last
 //! changed; the service's status is their [`aggregate`]. With feature `axum`,
-//! [`axum::routes`](self::axum::routes) serves `/health/live` and `/health/ready` as JSON with
+//! `health::axum::routes` serves `/health/live` and `/health/ready` as JSON with
 //! 200/503.
 //!
 //! ```
