@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "correlation")]
 pub mod correlation;

@@ -1,122 +1,119 @@
-//! The wallet ledger, palisade's main example.
-//!
-//! The ledger service itself (axum, SQLite, a payment-gateway client, reconciliation) is built
-//! on the layers, which land after the foundation. Until then this program does what the
-//! foundation can do honestly: load the ledger's policy file (with `PALISADE__...` environment
-//! overrides), print the resolved table every operation will run under, and show how the
-//! ledger's own errors classify.
+//! The wallet ledger, palisade's main example: a double-entry ledger on SQLite behind an axum
+//! API, a payment-gateway client with palisade's classifiers and policies, a gateway
+//! simulator with injected faults, reconciliation and checkpointed batches.
 //!
 //! ```text
-//! cargo run --example ledger
-//! cargo run --example ledger -- --policies my-policies.yaml
+//! cargo run --example ledger                 # serve on 127.0.0.1:3000 until Ctrl-C
+//! cargo run --example ledger -- --demo       # scripted scenario, summary, exit 0
+//! cargo run --example ledger -- --help       # every flag
 //! ```
+//!
+//! The service lives in `app/` so the integration tests (`tests/ledger_*.rs`) run the same
+//! code; this file is the command line and the demo.
+
+mod app;
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use palisade::classify::{
-    Category, Classification, Classified, Classify, SelfClassified, Severity, Transience,
-};
+use clap::{Parser, ValueEnum};
 use palisade::policy::Policies;
 
-/// The ledger's domain errors, with the context an operator needs.
-#[derive(Debug)]
-enum LedgerError {
-    InsufficientFunds {
-        account: u64,
-        needed: i64,
-        available: i64,
-    },
-    AccountNotFound {
-        account: u64,
-    },
-    DatabaseBusy {
-        operation: &'static str,
-    },
+use app::db::DbConfig;
+use app::simulator::{Simulator, SimulatorConfig};
+use app::{Ledger, LedgerConfig};
+
+/// How logs are written (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line, with span fields (transfer_id, idempotency_key).
+    Json,
+    /// Human-readable lines.
+    Text,
+    /// No logs.
+    Off,
 }
 
-impl std::fmt::Display for LedgerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LedgerError::InsufficientFunds {
-                account,
-                needed,
-                available,
-            } => write!(
-                f,
-                "insufficient funds in account {account}: needed {needed}, available {available}"
-            ),
-            LedgerError::AccountNotFound { account } => write!(f, "account {account} not found"),
-            LedgerError::DatabaseBusy { operation } => {
-                write!(f, "database busy during {operation}")
-            }
-        }
-    }
+/// palisade's wallet ledger example: a double-entry ledger service with a payment gateway,
+/// reconciliation and checkpointed batches, every dependency call under a YAML policy.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ledger",
+    after_help = "Environment variables override the policy file, e.g.\n  \
+                  PALISADE__POLICIES__PAYMENT_GATEWAY__TIMEOUT__ATTEMPT=500ms\n  \
+                  PALISADE__POLICIES__PAYMENT_GATEWAY__ENABLED=false switches the gateway off:\n    \
+                  transfers are refused (503 operation_disabled) before any debit.\n\n\
+                  The simulated gateway declines amounts ending in 13 (e.g. 10.13) with `card_declined`."
+)]
+struct Cli {
+    /// Run a scripted scenario against real servers, print a summary and exit (0 if the books
+    /// balance).
+    #[arg(long)]
+    demo: bool,
+    /// Port on 127.0.0.1 [default: 3000, or a free port if 3000 is taken; the demo always
+    /// uses a free port].
+    #[arg(long)]
+    port: Option<u16>,
+    /// SQLite database file, or `:memory:`.
+    #[arg(long, default_value = ":memory:")]
+    db: String,
+    /// SQLite connections in the pool (file databases; `:memory:` uses one).
+    #[arg(long, default_value_t = 4)]
+    pool_size: usize,
+    /// How long SQLite waits for a lock before answering BUSY (then the
+    /// `database_operation` retry policy takes over).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    busy_timeout: Duration,
+    /// The policy file [default: examples/ledger/policies.yaml].
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Print the resolved policy table and exit.
+    #[arg(long)]
+    print_policies: bool,
+    /// Probability (0 to 1) that a payment call to the simulated gateway fails
+    /// [default: 0.2; 0.3 in the demo].
+    #[arg(long)]
+    gateway_failure_rate: Option<f64>,
+    /// Mean latency of the simulated gateway.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    gateway_latency: Duration,
+    /// Seed of the simulator's fault generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Use this gateway instead of starting the simulator.
+    #[arg(long)]
+    gateway_url: Option<String>,
+    /// Run reconciliation this often (`0s` turns the periodic run off).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    reconcile_every: Duration,
+    /// Log format [default: json; text in the demo].
+    #[arg(long, value_enum)]
+    log: Option<LogFormat>,
+    /// Log level: error, warn, info, debug, trace [default: info; warn in the demo].
+    #[arg(long)]
+    log_level: Option<tracing::Level>,
 }
 
-impl Classified for LedgerError {
-    fn classification(&self) -> Classification {
-        use Category::*;
-        use Severity::*;
-        use Transience::*;
-        match self {
-            // The customer's problem: never retried, never trips the breaker.
-            LedgerError::InsufficientFunds { .. } => {
-                Classification::new(Persistent, Business, Low, "insufficient_funds")
-            }
-            LedgerError::AccountNotFound { .. } => {
-                Classification::new(Persistent, User, Low, "account_not_found")
-            }
-            // SQLite busy/locked: retried under `database_operation`.
-            LedgerError::DatabaseBusy { .. } => {
-                Classification::new(Transient, Database, Medium, "database_busy")
-            }
-        }
-    }
-}
-
-fn usage() -> &'static str {
-    "usage: ledger [--policies PATH]\n\n\
-     Loads the ledger's policy file and prints the resolved policy table.\n\n\
-     options:\n  \
-       --policies PATH  policy file (default: examples/ledger/policies.yaml)\n  \
-       -h, --help       this help\n\n\
-     environment:\n  \
-       PALISADE__<SECTION>__<KEY>...=VALUE overrides the file, e.g.\n  \
-       PALISADE__POLICIES__PAYMENT_GATEWAY__TIMEOUT__TOTAL=3s"
-}
-
-fn main() -> ExitCode {
-    let mut path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/policies.yaml");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{}", usage());
-                return ExitCode::SUCCESS;
-            }
-            "--policies" => match args.next() {
-                Some(p) => path = PathBuf::from(p),
-                None => {
-                    eprintln!("--policies needs a path\n\n{}", usage());
-                    return ExitCode::from(2);
-                }
-            },
-            other => {
-                eprintln!("unknown argument `{other}`\n\n{}", usage());
-                return ExitCode::from(2);
-            }
-        }
-    }
-
-    let policies = match Policies::from_path(&path) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+fn init_logs(format: LogFormat, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Off => Ok(()),
     };
+}
 
+fn print_policies(policies: &Policies, path: &std::path::Path) {
     println!("palisade ledger: policies from {}\n", path.display());
     println!("{}\n", policies.defaults());
     for policy in policies.operations() {
@@ -134,37 +131,185 @@ fn main() -> ExitCode {
             println!("  {code:<20} {}", entry.classification);
         }
     }
+}
 
-    println!("\nhow the ledger's errors classify:");
-    let examples = [
-        LedgerError::InsufficientFunds {
-            account: 42,
-            needed: 500,
-            available: 120,
-        },
-        LedgerError::AccountNotFound { account: 7 },
-        LedgerError::DatabaseBusy {
-            operation: "post_transfer",
-        },
-    ];
-    for err in &examples {
-        let outcome = SelfClassified.outcome(Err::<&(), _>(err));
-        let class = outcome.classification().expect("errors are failures");
-        let retried = if class.is_transient() {
-            "retried"
-        } else {
-            "not retried"
-        };
-        let breaker = if class.is_caller_fault() {
-            "never trips a breaker"
-        } else {
-            "counts toward the breaker"
-        };
-        println!("  {err}\n    -> {class}: {retried}, {breaker}");
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (format, level) = if cli.demo {
+        (LogFormat::Text, tracing::Level::WARN)
+    } else {
+        (LogFormat::Json, tracing::Level::INFO)
+    };
+    init_logs(cli.log.unwrap_or(format), cli.log_level.unwrap_or(level));
+
+    let path = cli.policies.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/policies.yaml")
+    });
+    let policies = match Policies::loader().with_process_env().load_path(&path) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.print_policies {
+        print_policies(&policies, &path);
+        return ExitCode::SUCCESS;
     }
+    let failure_rate = cli
+        .gateway_failure_rate
+        .unwrap_or(if cli.demo { 0.3 } else { 0.2 });
+    if !(0.0..=1.0).contains(&failure_rate) {
+        eprintln!("--gateway-failure-rate must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match run(cli, policies, failure_rate).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ledger: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(
+    cli: Cli,
+    policies: Arc<Policies>,
+    failure_rate: f64,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let simulator = match &cli.gateway_url {
+        Some(_) => None,
+        None => Some(
+            Simulator::start(SimulatorConfig {
+                failure_rate,
+                latency: cli.gateway_latency,
+                seed: cli.seed,
+            })
+            .await?,
+        ),
+    };
+    let gateway_url = match (&cli.gateway_url, &simulator) {
+        (Some(url), _) => url.clone(),
+        (None, Some(sim)) => sim.url(),
+        (None, None) => unreachable!("a simulator starts when no URL is given"),
+    };
+    let db = DbConfig {
+        path: cli.db.clone(),
+        pool_size: cli.pool_size,
+        busy_timeout: cli.busy_timeout,
+    };
+    let ledger = Ledger::open(LedgerConfig {
+        db,
+        gateway_url: gateway_url.clone(),
+        policies: Arc::clone(&policies),
+    })?;
+    let (transfers, batches) = ledger.recover().await?;
+    if transfers > 0 || !batches.is_empty() {
+        println!(
+            "recovered {transfers} interrupted transfer(s) and {} batch(es)",
+            batches.len()
+        );
+    }
+
+    let listener = bind(cli.port, cli.demo).await?;
+    let server = app::serve(Arc::clone(&ledger), listener)?;
+
+    let periodic = (!cli.reconcile_every.is_zero()).then(|| {
+        let ledger = Arc::clone(&ledger);
+        app::reconcile::spawn_periodic(cli.reconcile_every, move || {
+            let ledger = Arc::clone(&ledger);
+            async move {
+                if let Err(e) = ledger.reconcile().await {
+                    tracing::error!(error = %e, "periodic reconciliation failed");
+                }
+            }
+        })
+    });
+
+    if cli.demo {
+        let sim = simulator
+            .as_ref()
+            .ok_or("the demo needs the built-in gateway simulator (no --gateway-url)")?;
+        let ok = demo::run(&ledger, &server, sim, failure_rate).await?;
+        if let Some(task) = periodic {
+            task.abort();
+        }
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    let url = server.url();
+    println!("palisade wallet ledger");
+    println!("  ledger    {url}   (database {})", ledger.db.path());
     println!(
-        "\nThe ledger service (axum + SQLite + payment gateway) arrives with the layers; \
-         this run shows the policy table it will use."
+        "  gateway   {gateway_url}   ({})",
+        if simulator.is_some() {
+            format!(
+                "simulator: failure rate {failure_rate}, latency {:?}, seed {}",
+                cli.gateway_latency, cli.seed
+            )
+        } else {
+            "external".to_owned()
+        }
     );
-    ExitCode::SUCCESS
+    println!("  health    {url}/health/live  {url}/health/ready");
+    println!("  metrics   {url}/metrics");
+    println!("\npolicies:");
+    for (route, operation) in policies.routes() {
+        println!("  {route:<28} -> {operation}");
+    }
+    println!("  (gateway calls)              -> payment_gateway");
+    println!("\ntry:");
+    let json = "-H 'content-type: application/json'";
+    println!(
+        "  curl -s {url}/v1/accounts {json} -d '{{\"id\":\"alice\",\"initial_balance\":10000}}'"
+    );
+    println!("  curl -s {url}/v1/accounts {json} -d '{{\"id\":\"bob\"}}'");
+    println!(
+        "  curl -s {url}/v1/transfers {json} -H 'idempotency-key: k1' -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":2500}}'"
+    );
+    println!(
+        "  curl -s {url}/v1/transfers {json} -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":1013}}'   # declined, compensated"
+    );
+    println!("  curl -s {url}/v1/accounts/alice");
+    println!("  curl -s -X POST {url}/v1/reconciliation");
+    println!("  curl -s {url}/v1/ledger/check");
+    println!("\nCtrl-C stops.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping: finishing the requests in flight");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds 127.0.0.1: the given port; by default 3000, or a free port if 3000 is taken; the
+/// demo always takes a free port, so it never collides with anything.
+async fn bind(port: Option<u16>, demo: bool) -> std::io::Result<tokio::net::TcpListener> {
+    match (port, demo) {
+        (Some(p), _) => tokio::net::TcpListener::bind(("127.0.0.1", p)).await,
+        (None, true) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await,
+        (None, false) => match tokio::net::TcpListener::bind(("127.0.0.1", 3000)).await {
+            Ok(l) => Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                eprintln!("port 3000 is taken; using a free port instead");
+                tokio::net::TcpListener::bind(("127.0.0.1", 0)).await
+            }
+            Err(e) => Err(e),
+        },
+    }
 }

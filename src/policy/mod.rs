@@ -67,8 +67,11 @@
 mod env;
 mod error;
 mod node;
+#[cfg(feature = "http")]
+mod operation;
 mod parse;
 mod resolve;
+mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -80,6 +83,9 @@ use std::time::Duration;
 use crate::classify::CodeTable;
 
 pub use error::{ConfigError, ConfigIssue, IssueKind, SourceLocation};
+#[cfg(feature = "http")]
+pub use operation::OperationName;
+pub use store::{PolicyStore, ReloadReport};
 
 /// The resolved policy of one operation: every field set, inheritance applied.
 #[derive(Clone, Debug, PartialEq)]

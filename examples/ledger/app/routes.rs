@@ -1,0 +1,274 @@
+//! The ledger's HTTP API (axum 0.8).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/accounts` | open an account `{id?, name?, initial_balance?}` |
+//! | `GET /v1/accounts/{id}` | an account and its balance |
+//! | `POST /v1/transfers` | a transfer `{from, to, amount}`; header `Idempotency-Key` |
+//! | `GET /v1/transfers/{id}` | a transfer and its state history |
+//! | `POST /v1/batches` | store and post a batch `{id?, items: [{from, to, amount}]}` |
+//! | `GET /v1/batches/{id}` | where a batch stands |
+//! | `POST /v1/batches/{id}/resume` | continue a batch after its checkpoint |
+//! | `POST /v1/batches/{id}/replay` | replay a batch's failed items |
+//! | `POST /v1/reconciliation` | run reconciliation now |
+//! | `GET /v1/ledger/check` | the books' invariants |
+//! | `GET /health/live`, `GET /health/ready` | liveness, readiness (database answers) |
+//! | `GET /metrics` | counters, Prometheus text format |
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Ledger;
+use super::batch::{BatchRequest, BatchRun, CrashPlan};
+use super::error::LedgerError;
+use super::transfers::{TransferRequest, TransferState};
+
+/// The header carrying a transfer's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set to `true` on a response replayed from an idempotency key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+type AppState = State<Arc<Ledger>>;
+
+/// The ledger's router.
+pub fn router(ledger: Arc<Ledger>) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/transfers", post(create_transfer))
+        .route("/v1/transfers/{id}", get(get_transfer))
+        .route("/v1/batches", post(create_batch))
+        .route("/v1/batches/{id}", get(get_batch))
+        .route("/v1/batches/{id}/resume", post(resume_batch))
+        .route("/v1/batches/{id}/replay", post(replay_batch))
+        .route("/v1/reconciliation", post(reconcile))
+        .route("/v1/ledger/check", get(check))
+        // palisade stack: health layer/handlers replace these two when they land.
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        // palisade stack: the metrics layer's registry renders here when it lands.
+        .route("/metrics", get(metrics))
+        // palisade stack: per-route layers from `policies.for_route(method, path)` (timeout,
+        // bulkhead, metrics) and the correlation-id layer go here when they land:
+        //   .layer(ServiceBuilder::new().layer(CorrelationLayer::new()).layer(...))
+        .with_state(ledger)
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, LedgerError> {
+    payload
+        .map(|Json(t)| t)
+        .map_err(|e| LedgerError::invalid("body", e.body_text()))
+}
+
+#[derive(Debug, Deserialize)]
+struct NewAccount {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    initial_balance: i64,
+}
+
+async fn create_account(
+    State(ledger): AppState,
+    payload: Result<Json<NewAccount>, JsonRejection>,
+) -> Result<Response, LedgerError> {
+    let req = body(payload)?;
+    let account = ledger
+        .create_account(req.id, req.name, req.initial_balance)
+        .await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+async fn get_account(
+    State(ledger): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, LedgerError> {
+    Ok(Json(ledger.account(&id).await?).into_response())
+}
+
+async fn create_transfer(
+    State(ledger): AppState,
+    headers: HeaderMap,
+    payload: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Response, LedgerError> {
+    let req = body(payload)?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| LedgerError::invalid("Idempotency-Key", "must be visible ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let reply = detached(async move { ledger.transfer(req, key).await }).await?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(reply.body)).into_response();
+    if reply.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn get_transfer(
+    State(ledger): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, LedgerError> {
+    match ledger.get_transfer(&id).await? {
+        Some(t) => Ok(Json(json!({ "transfer": t })).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": { "code": "transfer_not_found", "message": format!("no transfer `{id}`") } })),
+        )
+            .into_response()),
+    }
+}
+
+async fn create_batch(
+    State(ledger): AppState,
+    payload: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Response, LedgerError> {
+    let req = body(payload)?;
+    let id = ledger.create_batch(req).await?;
+    run_batch(ledger, id, StatusCode::CREATED).await
+}
+
+async fn run_batch(
+    ledger: Arc<Ledger>,
+    id: String,
+    status: StatusCode,
+) -> Result<Response, LedgerError> {
+    let run = detached(async move { ledger.run_batch(&id, CrashPlan::default()).await }).await?;
+    match run {
+        BatchRun::Finished(s) => Ok((status, Json(s)).into_response()),
+        BatchRun::Crashed { .. } => unreachable!("no crash is planned for HTTP requests"),
+    }
+}
+
+async fn get_batch(
+    State(ledger): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, LedgerError> {
+    Ok(Json(ledger.batch_status(&id).await?).into_response())
+}
+
+async fn resume_batch(
+    State(ledger): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, LedgerError> {
+    run_batch(ledger, id, StatusCode::OK).await
+}
+
+async fn replay_batch(
+    State(ledger): AppState,
+    Path(id): Path<String>,
+) -> Result<Response, LedgerError> {
+    let status = detached(async move { ledger.replay_failed(&id).await }).await?;
+    Ok(Json(status).into_response())
+}
+
+/// Runs work that moves money on its own task, so it finishes even if the client hangs up:
+/// hyper drops a handler's future when its connection closes, and a transfer abandoned
+/// between its debit and its credit would wait for the next start's recovery.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, LedgerError>> + Send + 'static,
+) -> Result<T, LedgerError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels the task.
+        Err(_) => Err(LedgerError::ShuttingDown),
+    }
+}
+
+async fn reconcile(State(ledger): AppState) -> Result<Response, LedgerError> {
+    Ok(Json(ledger.reconcile().await?).into_response())
+}
+
+async fn check(State(ledger): AppState) -> Result<Response, LedgerError> {
+    Ok(Json(ledger.check().await?).into_response())
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "live" }))
+}
+
+async fn ready(State(ledger): AppState) -> Response {
+    match ledger
+        .db
+        .read("readiness", |conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(LedgerError::db("readiness"))
+        })
+        .await
+    {
+        Ok(_) => Json(json!({ "status": "ready", "database": "ok" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "database": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(ledger): AppState) -> Response {
+    let mut out = String::new();
+    let c = &ledger.counters;
+    let _ = writeln!(
+        out,
+        "# HELP ledger_transfer_transitions_total Transfers entering each state."
+    );
+    let _ = writeln!(out, "# TYPE ledger_transfer_transitions_total counter");
+    for state in TransferState::ALL {
+        let _ = writeln!(
+            out,
+            "ledger_transfer_transitions_total{{state=\"{}\"}} {}",
+            state.as_str(),
+            c.transitions(state)
+        );
+    }
+    let _ = writeln!(out, "# TYPE ledger_idempotent_replays_total counter");
+    let _ = writeln!(out, "ledger_idempotent_replays_total {}", c.replays());
+    let (runs, found) = c.reconciliation();
+    let _ = writeln!(out, "# TYPE ledger_reconciliation_runs_total counter");
+    let _ = writeln!(out, "ledger_reconciliation_runs_total {runs}");
+    let _ = writeln!(
+        out,
+        "# TYPE ledger_reconciliation_discrepancies_total counter"
+    );
+    let _ = writeln!(out, "ledger_reconciliation_discrepancies_total {found}");
+    let (posted, failed) = c.batch_items();
+    let _ = writeln!(out, "# TYPE ledger_batch_items_total counter");
+    let _ = writeln!(
+        out,
+        "ledger_batch_items_total{{status=\"posted\"}} {posted}"
+    );
+    let _ = writeln!(
+        out,
+        "ledger_batch_items_total{{status=\"failed\"}} {failed}"
+    );
+    let _ = writeln!(out, "# TYPE ledger_database_retries_total counter");
+    let _ = writeln!(out, "ledger_database_retries_total {}", ledger.db.retries());
+    let g = ledger.gateway.stats();
+    let _ = writeln!(out, "# TYPE ledger_gateway_calls_total counter");
+    let _ = writeln!(out, "ledger_gateway_calls_total {}", g.calls);
+    let _ = writeln!(out, "# TYPE ledger_gateway_attempts_total counter");
+    let _ = writeln!(out, "ledger_gateway_attempts_total {}", g.attempts);
+    let _ = writeln!(out, "# TYPE ledger_gateway_failures_total counter");
+    for (code, n) in &g.failures_by_code {
+        let _ = writeln!(out, "ledger_gateway_failures_total{{code=\"{code}\"}} {n}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
