@@ -4,7 +4,9 @@
 //! - **checks** the registry runs ([`Check`]: an async closure with a timeout), such as a
 //!   database ping;
 //! - **reporters** that push their own state ([`ComponentReporter`]), such as a circuit breaker
-//!   that reports `Degraded` when it opens and `Healthy` when it closes.
+//!   that reports `Degraded` when it opens and `Healthy` when it closes
+//!   ([`HealthRegistry::breaker_callback`] plugs a
+//!   [`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer) in).
 //!
 //! Each component has a status ([`HealthStatus`]), a detail and the time its status last
 //! changed; the service's status is their [`aggregate`]. With feature `axum`,
@@ -37,8 +39,10 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+mod breaker;
 mod registry;
 mod status;
 
+pub use breaker::breaker_health;
 pub use registry::{Check, ComponentReporter, DEFAULT_CHECK_TIMEOUT, HealthRegistry};
 pub use status::{CheckResult, ComponentHealth, HealthReport, HealthStatus, aggregate};

@@ -72,6 +72,7 @@
 //! Dropping the response future before it completes records `outcome="cancelled"` (and no
 //! duration): every call started is counted exactly once.
 
+mod breaker;
 mod codes;
 mod future;
 mod layer;
@@ -80,6 +81,7 @@ mod operation;
 mod record;
 mod service;
 
+pub use breaker::breaker_transition_recorder;
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_CODES, ErrorMetricsLayer};
 pub use operation::{Operation, OperationOf, PolicyOperations};

@@ -103,12 +103,13 @@ impl<Req> OperationOf<Req> for Operation {
 
 /// The operation of a server request, as the policy table routes it.
 ///
-/// For an `http::Request`, looks up the route template (axum's `MatchedPath`, when the layer
-/// runs inside the router with feature `axum`; otherwise the path as-is, compared exactly with
-/// the table's routes) and method in [`Policies::route`], and labels the request with the policy
-/// name. A request no route maps to is labelled with its route template if
-/// [`with_route_templates`](Self::with_route_templates) is on and the template is in the
-/// allow-list, else `"other"`. The raw path is never a label.
+/// For an `http::Request`, picks the policy as [`Policies::select`] does for every layer (an
+/// explicit [`OperationName`](crate::policy::OperationName) in the extensions, else the method
+/// with axum's `MatchedPath` when the layer runs inside the router with feature `axum`, else
+/// the method with the exact path) and labels the request with the policy's name. A request
+/// that runs under the defaults is labelled with its route template if that template is in the
+/// [`with_route_templates`](Self::with_route_templates) allow-list, else `"other"`. The raw path
+/// is never a label.
 #[derive(Clone, Debug)]
 pub struct PolicyOperations {
     policies: Arc<Policies>,
@@ -164,20 +165,18 @@ impl PolicyOperations {
 #[cfg(feature = "http")]
 impl<B> OperationOf<http::Request<B>> for PolicyOperations {
     fn operation_of(&self, req: &http::Request<B>) -> Operation {
-        #[cfg(feature = "axum")]
-        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
-            let template = matched.as_str();
-            if let Some(policy) = self.policies.route(req.method().as_str(), template)
-                && let Some(op) = self.by_policy.get(policy.name())
-            {
-                return op.clone();
-            }
-            return self
-                .by_template
-                .get(template)
-                .unwrap_or(&self.other)
-                .clone();
+        // The same choice the other layers make (`Policies::select`): an explicit
+        // `OperationName`, then the matched route template, then the exact path.
+        let policy = self.policies.select(req);
+        if let Some(op) = self.by_policy.get(policy.name()) {
+            return op.clone();
         }
-        self.operation(req.method().as_str(), req.uri().path())
+        #[cfg(feature = "axum")]
+        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>()
+            && let Some(op) = self.by_template.get(matched.as_str())
+        {
+            return op.clone();
+        }
+        self.other.clone()
     }
 }
