@@ -12,12 +12,27 @@
 //! | [`BulkheadFull`](Error::BulkheadFull) | transient | system | medium | `bulkhead_full` | |
 //! | [`CircuitOpen`](Error::CircuitOpen) | transient | external | medium | `circuit_open` | time until the next probe |
 //! | [`OperationDisabled`](Error::OperationDisabled) | persistent | system | medium | `operation_disabled` | |
+//! | [`Retried`](Error::Retried), [`RetryBudgetExhausted`](Error::RetryBudgetExhausted) | that of the last attempt's error | | | | |
+//!
+//! # Composing layers
+//!
+//! Each layer wraps the error of the service inside it, so a stack of palisade layers has a
+//! nested error type (`Error<Error<E>>`). [`Error::flatten`] folds one level away, and
+//! [`ThroughLayers`] lets a classifier written for `E` judge an `Error<E>`: palisade's own
+//! variants classify themselves and the inner error goes to the wrapped classifier. To mix
+//! with tower's own middleware, which speaks [`BoxError`], every `Error<E>` converts into one
+//! (`Box::from`), and [`LayerErrors`] classifies a [`BoxError`] that holds a palisade error.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::classify::{Category, Classification, Classified, Code, Severity, Transience};
+use crate::classify::{
+    Category, Classification, Classified, Classify, Code, Outcome, Severity, Transience,
+};
+
+/// The type-erased error of tower's own middleware.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error of a service wrapped in palisade layers.
 #[derive(Debug, thiserror::Error)]
@@ -38,22 +53,53 @@ pub enum Error<E> {
     /// The operation's policy has `enabled: false`: a kill switch.
     #[error(transparent)]
     OperationDisabled(OperationDisabled),
+    /// The retry layer gave up: the last attempt failed and no further attempt was allowed
+    /// (the failure was not retryable, `max_retries` was reached, or the deadline could not
+    /// fit another attempt).
+    #[error(transparent)]
+    Retried(Retried<E>),
+    /// The retry layer would have retried, but the retry budget was spent: the last attempt's
+    /// failure, with how many attempts were made.
+    #[error(transparent)]
+    RetryBudgetExhausted(Retried<E>),
 }
 
 impl<E> Error<E> {
     /// The inner service's error, if that is what this is.
+    /// Looks through [`Retried`](Error::Retried) to the last attempt's error.
     pub fn inner(&self) -> Option<&E> {
         match self {
             Error::Inner(e) => Some(e),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => r.last.inner(),
             _ => None,
         }
     }
 
-    /// The inner service's error, or this error back if a layer failed the call.
+    /// The inner service's error, or this error back if a layer failed the call. Looks
+    /// through [`Retried`](Error::Retried) to the last attempt's error.
     pub fn into_inner(self) -> Result<E, Self> {
         match self {
             Error::Inner(e) => Ok(e),
+            Error::Retried(r) => r.last.into_inner(),
+            Error::RetryBudgetExhausted(r) => r.last.into_inner(),
             other => Err(other),
+        }
+    }
+
+    /// How many attempts the retry layer made, if this error came out of one.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => Some(r.attempts),
+            _ => None,
+        }
+    }
+
+    /// The error of the last attempt, looking through any retry context: what actually went
+    /// wrong.
+    pub fn last_attempt(&self) -> &Error<E> {
+        match self {
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => r.last.last_attempt(),
+            other => other,
         }
     }
 
@@ -66,7 +112,182 @@ impl<E> Error<E> {
             Error::BulkheadFull(e) => Some(e.classification()),
             Error::CircuitOpen(e) => Some(e.classification()),
             Error::OperationDisabled(e) => Some(e.classification()),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => r.last.layer_classification(),
         }
+    }
+}
+
+impl<E> Error<E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    /// Erases the type for tower's own middleware: a layer's error becomes a box of its
+    /// payload ([`TimeoutError`], [`BulkheadFull`], ...), which [`LayerErrors`] and
+    /// `downcast_ref` recognise, and the inner error is boxed as it is. Retry context is kept
+    /// (the whole [`Retried`] is boxed).
+    pub fn into_box_error(self) -> BoxError {
+        match self {
+            Error::Inner(e) => Box::new(e),
+            Error::Timeout(e) => Box::new(e),
+            Error::BulkheadFull(e) => Box::new(e),
+            Error::CircuitOpen(e) => Box::new(e),
+            Error::OperationDisabled(e) => Box::new(e),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => Box::new(r),
+        }
+    }
+}
+
+impl<E> Error<Error<E>> {
+    /// Folds the error of a layer stacked on another palisade layer into one level:
+    /// `Inner(Inner(e))` becomes `Inner(e)`, `Inner(Timeout(t))` becomes `Timeout(t)`, and a
+    /// retry's last attempt is flattened the same way. Use with `ServiceBuilder::map_err`.
+    pub fn flatten(self) -> Error<E> {
+        match self {
+            Error::Inner(inner) => inner,
+            Error::Timeout(e) => Error::Timeout(e),
+            Error::BulkheadFull(e) => Error::BulkheadFull(e),
+            Error::CircuitOpen(e) => Error::CircuitOpen(e),
+            Error::OperationDisabled(e) => Error::OperationDisabled(e),
+            Error::Retried(r) => Error::Retried(r.flatten()),
+            Error::RetryBudgetExhausted(r) => Error::RetryBudgetExhausted(r.flatten()),
+        }
+    }
+}
+
+/// Context the retry layer adds to the failure of its last attempt.
+#[derive(Debug)]
+pub struct Retried<E> {
+    /// The operation whose retry policy applied.
+    pub operation: Arc<str>,
+    /// Attempts made, the first included.
+    pub attempts: u32,
+    /// Why no further attempt was made.
+    pub stop: RetryStop,
+    /// The last attempt's error. Boxed so that the error type stays small; allocated only
+    /// when a call fails.
+    pub last: Box<Error<E>>,
+}
+
+impl<E: fmt::Display> fmt::Display for Retried<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "operation `{}` failed after {} attempt(s) ({}): ",
+            self.operation, self.attempts, self.stop
+        )?;
+        match &*self.last {
+            Error::Inner(e) => e.fmt(f),
+            Error::Timeout(e) => e.fmt(f),
+            Error::BulkheadFull(e) => e.fmt(f),
+            Error::CircuitOpen(e) => e.fmt(f),
+            Error::OperationDisabled(e) => e.fmt(f),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => r.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Retried<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.last {
+            Error::Inner(e) => Some(e),
+            Error::Timeout(e) => Some(e),
+            Error::BulkheadFull(e) => Some(e),
+            Error::CircuitOpen(e) => Some(e),
+            Error::OperationDisabled(e) => Some(e),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => Some(r),
+        }
+    }
+}
+
+impl<E> Retried<E> {
+    /// The inner service's error of the last attempt, if a layer did not raise it.
+    pub fn inner(&self) -> Option<&E> {
+        self.last.inner()
+    }
+}
+
+impl<E> Retried<Error<E>> {
+    fn flatten(self) -> Retried<E> {
+        Retried {
+            operation: self.operation,
+            attempts: self.attempts,
+            stop: self.stop,
+            last: Box::new(self.last.flatten()),
+        }
+    }
+}
+
+/// Why the retry layer stopped trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryStop {
+    /// The classifier did not call the failure retryable (persistent, or unknown without
+    /// `retry_unknown`), or the request could not be replayed.
+    NotRetryable,
+    /// `max_retries` retries were made.
+    MaxRetries,
+    /// The retry budget was spent.
+    BudgetExhausted,
+    /// The deadline could not fit the backoff and another attempt.
+    Deadline,
+}
+
+impl RetryStop {
+    /// `"not_retryable"`, `"max_retries"`, `"budget_exhausted"` or `"deadline"`, for labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RetryStop::NotRetryable => "not_retryable",
+            RetryStop::MaxRetries => "max_retries",
+            RetryStop::BudgetExhausted => "budget_exhausted",
+            RetryStop::Deadline => "deadline",
+        }
+    }
+}
+
+impl fmt::Display for RetryStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Classifies an [`Error<E>`]: palisade's own variants classify themselves (a timeout is
+/// transient), the inner service's error goes to the wrapped classifier. Hand this to a layer
+/// that sits outside another palisade layer, e.g. a retry around a per-attempt timeout.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThroughLayers<C>(pub C);
+
+impl<Res, E, C: Classify<Res, E>> Classify<Res, Error<E>> for ThroughLayers<C> {
+    fn classify(&self, result: Result<&Res, &Error<E>>) -> Option<Outcome> {
+        match result {
+            Ok(res) => self.0.classify(Ok(res)),
+            Err(err) => match err.last_attempt() {
+                Error::Inner(e) => Some(self.0.outcome(Err(e))),
+                other => other.layer_classification().map(Outcome::Failure),
+            },
+        }
+    }
+}
+
+/// Classifies a [`BoxError`] that holds one of palisade's layer errors (after tower's
+/// `map_err(Into::into)`); no opinion on anything else, so chain it with
+/// [`ClassifyExt::or`](crate::classify::ClassifyExt::or).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerErrors;
+
+impl<Res> Classify<Res, BoxError> for LayerErrors {
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Option<Outcome> {
+        let err: &(dyn std::error::Error + 'static) = result.err()?.as_ref();
+        let class = if let Some(e) = err.downcast_ref::<TimeoutError>() {
+            e.classification()
+        } else if let Some(e) = err.downcast_ref::<BulkheadFull>() {
+            e.classification()
+        } else if let Some(e) = err.downcast_ref::<CircuitOpen>() {
+            e.classification()
+        } else if let Some(e) = err.downcast_ref::<OperationDisabled>() {
+            e.classification()
+        } else {
+            return None;
+        };
+        Some(Outcome::Failure(class))
     }
 }
 
@@ -74,6 +295,7 @@ impl<E: Classified> Classified for Error<E> {
     fn classification(&self) -> Classification {
         match self {
             Error::Inner(e) => e.classification(),
+            Error::Retried(r) | Error::RetryBudgetExhausted(r) => r.last.classification(),
             other => other
                 .layer_classification()
                 .expect("every non-inner variant classifies itself"),
@@ -81,7 +303,7 @@ impl<E: Classified> Classified for Error<E> {
     }
 
     fn is_ignored(&self) -> bool {
-        matches!(self, Error::Inner(e) if e.is_ignored())
+        matches!(self.last_attempt(), Error::Inner(e) if e.is_ignored())
     }
 }
 
@@ -284,5 +506,91 @@ mod tests {
         assert_eq!(e.layer_classification(), None);
         assert_eq!(e.classification().code, "io_connection_refused");
         assert!(e.into_inner().is_ok());
+    }
+
+    fn timeout(kind: TimeoutKind) -> TimeoutError {
+        TimeoutError {
+            kind,
+            operation: "quote".into(),
+            limit: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn flatten_folds_one_level_and_looks_inside_retries() {
+        let nested: Error<Error<std::io::Error>> =
+            Error::Inner(Error::Timeout(timeout(TimeoutKind::Attempt)));
+        assert!(matches!(nested.flatten(), Error::Timeout(t) if t.kind == TimeoutKind::Attempt));
+
+        let retried: Error<Error<std::io::Error>> = Error::RetryBudgetExhausted(Retried {
+            operation: "quote".into(),
+            attempts: 3,
+            stop: RetryStop::BudgetExhausted,
+            last: Box::new(Error::Inner(Error::Timeout(timeout(TimeoutKind::Attempt)))),
+        });
+        let flat = retried.flatten();
+        assert_eq!(flat.attempts(), Some(3));
+        assert!(matches!(flat.last_attempt(), Error::Timeout(_)));
+        assert_eq!(flat.classification().code, "timeout_attempt");
+        assert_eq!(
+            flat.to_string(),
+            "operation `quote` failed after 3 attempt(s) (budget_exhausted): attempt timeout of \
+             250ms elapsed for operation `quote`"
+        );
+
+        let inner: Error<Error<std::io::Error>> = Error::Inner(Error::Inner(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(inner.flatten().into_inner().is_ok());
+    }
+
+    #[test]
+    fn through_layers_judges_layer_errors_itself_and_passes_inner_ones_on() {
+        let only_inner = |r: Result<&(), &std::io::Error>| {
+            r.err().map(|_| {
+                Outcome::failure(
+                    Transience::Persistent,
+                    Category::User,
+                    Severity::Low,
+                    "inner",
+                )
+            })
+        };
+        let c = ThroughLayers(only_inner);
+        let t: Error<std::io::Error> = Error::Timeout(timeout(TimeoutKind::Total));
+        assert_eq!(
+            c.outcome(Err(&t)).classification().unwrap().code,
+            "timeout_total"
+        );
+        let inner: Error<std::io::Error> = Error::Inner(std::io::ErrorKind::Other.into());
+        assert_eq!(
+            c.outcome(Err(&inner)).classification().unwrap().code,
+            "inner"
+        );
+        assert_eq!(c.outcome(Ok(&())), Outcome::Success);
+    }
+
+    #[test]
+    fn boxed_layer_errors_are_recognised_by_layer_errors() {
+        let e: Error<std::io::Error> = Error::BulkheadFull(BulkheadFull {
+            bulkhead: "db".into(),
+            max_concurrent: 1,
+            max_queue: 0,
+            reason: BulkheadRejection::QueueFull,
+        });
+        let boxed = e.into_box_error();
+        assert!(boxed.downcast_ref::<BulkheadFull>().is_some());
+        let outcome = LayerErrors.outcome(Err::<&(), _>(&boxed));
+        assert_eq!(outcome.classification().unwrap().code, "bulkhead_full");
+
+        let other: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::Other));
+        assert_eq!(LayerErrors.classify(Err::<&(), _>(&other)), None);
+        let inner: Error<std::io::Error> = Error::Inner(std::io::ErrorKind::Other.into());
+        assert!(
+            inner
+                .into_box_error()
+                .downcast_ref::<std::io::Error>()
+                .is_some()
+        );
     }
 }

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "correlation")]
@@ -49,6 +50,8 @@ pub mod metrics;
 pub mod policy;
 #[cfg(feature = "http")]
 pub mod redact;
+pub mod retry;
+pub mod timeout;
 
 pub use error::Error;
 

@@ -1,0 +1,350 @@
+//! What each layer costs per call on the success path, next to tower's own middleware and
+//! tower-resilience 0.13, in one run.
+//!
+//! The inner service is a no-op that answers at once. `sequential` drives one service on a
+//! current-thread runtime; `concurrent_64` drives 64 clones from 64 tasks on a 2-worker
+//! runtime (one iteration is one call by each task, so divide the time by 64 for a call).
+//!
+//! Run: `cargo bench --bench layers`.
+//!
+//! Timings on a shared machine are noisy, so the same file also counts instructions, which
+//! noise does not move: with `LAYERS_COUNT=<name>` and `LAYERS_CALLS=<n>` set, it makes `n`
+//! sequential calls through the named service (see `count_instructions`) and exits. Run it
+//! twice under `valgrind --tool=cachegrind --cache-sim=no` with two values of `n`; the
+//! difference in instructions divided by the difference in calls is the cost of one call.
+
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use palisade::bulkhead::BulkheadLayer;
+use palisade::classify::{
+    Category, Classification, Classified, SelfClassified, Severity, Transience,
+};
+use palisade::policy::{BulkheadPolicy, RetryPolicy, TimeoutPolicy};
+use palisade::retry::RetryLayer;
+use palisade::timeout::TimeoutLayer;
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// The no-op's error: never produced.
+#[derive(Clone, Debug)]
+struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+
+impl std::error::Error for Never {}
+
+impl Classified for Never {
+    fn classification(&self) -> Classification {
+        Classification::new(
+            Transience::Transient,
+            Category::System,
+            Severity::Low,
+            "never",
+        )
+    }
+}
+
+type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Never>>>;
+
+fn noop() -> Noop {
+    service_fn(|x: u64| std::future::ready(Ok(x)))
+}
+
+async fn drive<S>(service: &mut S, calls: u64)
+where
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    for i in 0..calls {
+        let ready = service.ready().await.unwrap();
+        black_box(ready.call(black_box(i)).await.unwrap());
+    }
+}
+
+fn sequential<S, F>(c: &mut Criterion, name: &str, make: F)
+where
+    F: Fn() -> S,
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("sequential");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut service = make();
+                drive(&mut service, 1).await; // warm the per-thread state
+                let start = Instant::now();
+                drive(&mut service, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+const TASKS: u64 = 64;
+
+fn concurrent<S, F>(c: &mut Criterion, rt: &Runtime, name: &str, make: F)
+where
+    F: Fn() -> S,
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug + Send,
+{
+    let mut group = c.benchmark_group("concurrent_64");
+    group.throughput(Throughput::Elements(TASKS));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let service = make();
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let mut service = service.clone();
+                        tokio::spawn(async move { drive(&mut service, iters).await })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+}
+
+fn timeout_policy() -> TimeoutPolicy {
+    TimeoutPolicy::default()
+}
+
+fn bulkhead_policy() -> BulkheadPolicy {
+    BulkheadPolicy::default()
+}
+
+fn tr_retry() -> tower_resilience::retry::RetryLayer<u64, u64, Never> {
+    tower_resilience::retry::RetryLayer::<u64, u64, Never>::builder()
+        .max_attempts(4)
+        .exponential_backoff(Duration::from_millis(100))
+        .build()
+}
+
+fn tr_timelimiter() -> tower_resilience::timelimiter::TimeLimiterLayer {
+    tower_resilience::timelimiter::TimeLimiterLayer::builder()
+        .timeout_duration(Duration::from_secs(10))
+        .build()
+}
+
+fn tr_bulkhead() -> tower_resilience::bulkhead::BulkheadLayer {
+    tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(100)
+        .build()
+        .unwrap()
+}
+
+fn layers(c: &mut Criterion) {
+    // Sequential: one service, one thread.
+    sequential(c, "baseline (no layer)", noop);
+    // What one read of tokio's clock costs in this build: dev-dependencies turn on tokio's
+    // `test-util`, whose clock takes a mutex on every read (a release build of an
+    // application without `test-util` reads the OS clock directly).
+    sequential(c, "reference: one tokio clock read", || {
+        service_fn(|x: u64| {
+            black_box(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, Never>(x))
+        })
+    });
+    sequential(c, "palisade retry", || {
+        RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop())
+    });
+    sequential(c, "palisade timeout", || {
+        TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop())
+    });
+    sequential(c, "palisade timeout (no in-flight list)", || {
+        TimeoutLayer::attempt("bench", &timeout_policy())
+            .without_in_flight()
+            .layer(noop())
+    });
+    sequential(c, "palisade bulkhead", || {
+        BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop())
+    });
+    sequential(
+        c,
+        "palisade stack (total, retry, attempt, bulkhead)",
+        || {
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::total("bench", &timeout_policy()))
+                .layer(RetryLayer::new(
+                    "bench",
+                    retry_policy(),
+                    palisade::error::ThroughLayers(palisade::error::ThroughLayers(SelfClassified)),
+                ))
+                .layer(TimeoutLayer::attempt("bench", &timeout_policy()))
+                .layer(BulkheadLayer::unshared("bench", &bulkhead_policy()))
+                .service(noop())
+        },
+    );
+    sequential(c, "tower timeout", || {
+        tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop())
+    });
+    sequential(c, "tower concurrency_limit", || {
+        tower::limit::ConcurrencyLimitLayer::new(100).layer(noop())
+    });
+    sequential(c, "tower-resilience retry", || tr_retry().layer(noop()));
+    sequential(c, "tower-resilience timelimiter", || {
+        tr_timelimiter().layer(noop())
+    });
+    sequential(c, "tower-resilience bulkhead", || {
+        tr_bulkhead().layer(noop())
+    });
+
+    // 64 tasks on two workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    concurrent(c, &rt, "baseline (no layer)", noop);
+    concurrent(c, &rt, "reference: one tokio clock read", || {
+        service_fn(|x: u64| {
+            black_box(tokio::time::Instant::now());
+            std::future::ready(Ok::<_, Never>(x))
+        })
+    });
+    concurrent(c, &rt, "palisade retry", || {
+        RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop())
+    });
+    concurrent(c, &rt, "palisade timeout", || {
+        TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop())
+    });
+    concurrent(c, &rt, "palisade timeout (no in-flight list)", || {
+        TimeoutLayer::attempt("bench", &timeout_policy())
+            .without_in_flight()
+            .layer(noop())
+    });
+    concurrent(c, &rt, "palisade bulkhead", || {
+        BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop())
+    });
+    concurrent(c, &rt, "tower timeout", || {
+        tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop())
+    });
+    concurrent(c, &rt, "tower concurrency_limit", || {
+        tower::limit::ConcurrencyLimitLayer::new(100).layer(noop())
+    });
+    concurrent(c, &rt, "tower-resilience retry", || {
+        tr_retry().layer(noop())
+    });
+    concurrent(c, &rt, "tower-resilience timelimiter", || {
+        tr_timelimiter().layer(noop())
+    });
+    concurrent(c, &rt, "tower-resilience bulkhead", || {
+        tr_bulkhead().layer(noop())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = layers
+}
+
+/// Makes `calls` sequential calls through the service named `name`.
+fn count_instructions(name: &str, calls: u64) {
+    async fn run<S>(mut service: S, calls: u64)
+    where
+        S: Service<u64>,
+        S::Error: Debug,
+    {
+        drive(&mut service, calls).await;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match name {
+            "baseline" => run(noop(), calls).await,
+            "palisade-retry" => {
+                run(
+                    RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "palisade-timeout" => {
+                run(
+                    TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "palisade-bulkhead" => {
+                run(
+                    BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-timeout" => {
+                run(
+                    tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-concurrency-limit" => {
+                run(
+                    tower::limit::ConcurrencyLimitLayer::new(100).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "tower-resilience-retry" => run(tr_retry().layer(noop()), calls).await,
+            "tower-resilience-timelimiter" => run(tr_timelimiter().layer(noop()), calls).await,
+            "tower-resilience-bulkhead" => run(tr_bulkhead().layer(noop()), calls).await,
+            "clock" => {
+                run(
+                    service_fn(|x: u64| {
+                        black_box(tokio::time::Instant::now());
+                        std::future::ready(Ok::<_, Never>(x))
+                    }),
+                    calls,
+                )
+                .await
+            }
+            other => panic!("unknown service `{other}`"),
+        }
+    });
+}
+
+fn main() {
+    if let Ok(name) = std::env::var("LAYERS_COUNT") {
+        let calls = std::env::var("LAYERS_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        count_instructions(&name, calls);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,184 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tower_service::Service;
+
+use super::ResponseFuture;
+use super::partition::Partition;
+use crate::error::{BulkheadFull, BulkheadRejection, Error};
+
+/// Limits the calls in flight through one named partition, with a bounded queue and a
+/// bounded wait.
+///
+/// # Readiness and cancellation
+///
+/// `poll_ready` reserves a permit (waiting in the queue if need be) and `call` hands it to
+/// the response future, which gives it back when it completes or is dropped. Dropping the
+/// service gives back a permit it reserved and its place in the queue. So no permit is lost
+/// whichever future is dropped, at whichever point.
+///
+/// When the queue is full, or the wait runs out, `poll_ready` still returns `Ready(Ok)`, and
+/// the next `call` fails at once with [`Error::BulkheadFull`] without reaching the inner
+/// service: the service stays usable (an error from `poll_ready` would make most callers
+/// drop it), and the rejection reaches the caller of that request. Polling readiness again
+/// before that `call` looks again, so a rejection never outlives the moment it was decided.
+///
+/// # Fairness and cost
+///
+/// Waiters get permits in arrival order (tokio's semaphore is FIFO). When a permit is free,
+/// `poll_ready` takes it with one compare-and-swap and no allocation, and giving it back
+/// takes tokio's semaphore lock briefly (uncontended unless somebody waits); waiting in the
+/// queue allocates one box for the wait, freed when the wait ends.
+///
+/// # Panics
+///
+/// `call` panics if `poll_ready` has not returned `Ready(Ok)` since the last `call`, as
+/// tower's own limits do: that is a bug in the caller, not bad input.
+pub struct Bulkhead<S> {
+    inner: S,
+    partition: Arc<Partition>,
+    state: State,
+}
+
+type Wait = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send + Sync>>;
+
+enum State {
+    Idle,
+    Waiting(Wait),
+    Reserved(OwnedSemaphorePermit),
+    Rejected(BulkheadRejection),
+}
+
+impl<S> Bulkhead<S> {
+    pub(crate) fn new(inner: S, partition: Arc<Partition>) -> Self {
+        Bulkhead {
+            inner,
+            partition,
+            state: State::Idle,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped (a reserved permit is given back).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn rejection(&self, reason: BulkheadRejection) -> BulkheadFull {
+        tracing::debug!(
+            bulkhead = %self.partition.name,
+            reason = %reason,
+            "palisade: bulkhead full, call rejected"
+        );
+        BulkheadFull {
+            bulkhead: self.partition.name.clone(),
+            max_concurrent: self.partition.max_concurrent,
+            max_queue: self.partition.max_queue,
+            reason,
+        }
+    }
+}
+
+impl<S: Clone> Clone for Bulkhead<S> {
+    /// A clone shares the partition but not this service's reserved permit.
+    fn clone(&self) -> Self {
+        Bulkhead::new(self.inner.clone(), self.partition.clone())
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Idle => "idle",
+            State::Waiting(_) => "waiting",
+            State::Reserved(_) => "reserved",
+            State::Rejected(_) => "rejected",
+        };
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("partition", &self.partition)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req> Service<Req> for Bulkhead<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A rejection decided by an earlier poll is stale now: look again.
+        if let State::Rejected(_) = self.state {
+            self.state = State::Idle;
+        }
+        loop {
+            match &mut self.state {
+                State::Reserved(_) => return self.inner.poll_ready(cx).map_err(Error::Inner),
+                State::Rejected(_) => return Poll::Ready(Ok(())),
+                State::Idle => {
+                    let semaphore = self.partition.semaphore.clone();
+                    self.state = match semaphore.try_acquire_owned() {
+                        Ok(permit) => State::Reserved(permit),
+                        // The semaphore is never closed; treat it as full if it were.
+                        Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                            match self.partition.enter_queue() {
+                                None => State::Rejected(BulkheadRejection::QueueFull),
+                                Some(place) => State::Waiting(wait(&self.partition, place)),
+                            }
+                        }
+                    };
+                }
+                State::Waiting(wait) => {
+                    self.state = match wait.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(permit)) => State::Reserved(permit),
+                        Poll::Ready(None) => State::Rejected(BulkheadRejection::WaitTimedOut(
+                            self.partition.max_wait,
+                        )),
+                    };
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Reserved(permit) => ResponseFuture::called(self.inner.call(request), permit),
+            State::Rejected(reason) => ResponseFuture::rejected(self.rejection(reason)),
+            State::Idle | State::Waiting(_) => {
+                panic!("Bulkhead::call without a successful poll_ready")
+            }
+        }
+    }
+}
+
+/// Waits up to `max_wait` for a permit, holding a place in the queue until it ends or is
+/// dropped.
+fn wait(partition: &Arc<Partition>, place: super::partition::QueuePlace) -> Wait {
+    let semaphore = partition.semaphore.clone();
+    let max_wait = partition.max_wait;
+    Box::pin(async move {
+        let _place = place;
+        tokio::time::timeout(max_wait, semaphore.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    })
+}

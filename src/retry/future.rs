@@ -1,0 +1,252 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::Replay;
+use super::backoff::Backoff;
+use super::layer::Shared;
+use crate::classify::{Classify, Outcome, Transience};
+use crate::error::{Error, Retried, RetryStop};
+use crate::timeout::Deadline;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, Req, C, P>
+    where
+        S: Service<Req>,
+    {
+        shared: Arc<Shared<C, P>>,
+        service: S,
+        request: Option<Req>,
+        attempts: u32,
+        // When the attempt was first seen pending; `None` while it has not been.
+        attempt_started: Option<Instant>,
+        backoff: Backoff,
+        #[pin]
+        state: State<S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Attempt { #[pin] future: F },
+        Backoff { #[pin] sleep: Sleep },
+        Readying,
+    }
+}
+
+impl<S, Req, C, P> ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared<C, P>>,
+        service: S,
+        request: Option<Req>,
+        attempt: S::Future,
+        backoff: Backoff,
+    ) -> Self {
+        ResponseFuture {
+            shared,
+            service,
+            request,
+            attempts: 1,
+            attempt_started: None,
+            backoff,
+            state: State::Attempt { future: attempt },
+        }
+    }
+}
+
+impl<S, Req, C, P> std::fmt::Debug for ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Attempt { .. } => "attempt",
+            State::Backoff { .. } => "backoff",
+            State::Readying => "readying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("operation", &self.shared.operation)
+            .field("attempts", &self.attempts)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    P: Replay<Req, S::Response>,
+{
+    type Output = Result<S::Response, Error<S::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Attempt { future } => {
+                    let Poll::Ready(result) = future.poll(cx) else {
+                        // Timed from here, not from the call: an attempt that completes at
+                        // once costs no clock read, and one that waits is timed to within
+                        // its first poll.
+                        if this.attempt_started.is_none() {
+                            *this.attempt_started = Some(Instant::now());
+                        }
+                        return Poll::Pending;
+                    };
+                    let shared = &**this.shared;
+                    let outcome = shared.classifier.outcome(result.as_ref());
+                    let retry_after = match &outcome {
+                        Outcome::Failure(class)
+                            if class.transience == Transience::Transient
+                                || (class.transience == Transience::Unknown
+                                    && shared.policy.retry_unknown) =>
+                        {
+                            class.retry_after
+                        }
+                        _ => return Poll::Ready(finish(shared, result, *this.attempts, None)),
+                    };
+                    let stop = if *this.attempts > shared.policy.max_retries {
+                        Some(RetryStop::MaxRetries)
+                    } else if this.request.is_none() {
+                        Some(RetryStop::NotRetryable)
+                    } else {
+                        None
+                    };
+                    if let Some(stop) = stop {
+                        return Poll::Ready(finish(shared, result, *this.attempts, Some(stop)));
+                    }
+                    let delay = this.backoff.next_delay(retry_after);
+                    let now = Instant::now();
+                    // Another attempt must fit before the deadline: the backoff plus as long
+                    // as the attempt that just failed took.
+                    let last = this
+                        .attempt_started
+                        .take()
+                        .map_or(Duration::ZERO, |started| now - started);
+                    let needed = delay.saturating_add(last);
+                    if let Some(deadline) = Deadline::current()
+                        && now
+                            .checked_add(needed)
+                            .is_none_or(|t| t >= deadline.instant())
+                    {
+                        return Poll::Ready(finish(
+                            shared,
+                            result,
+                            *this.attempts,
+                            Some(RetryStop::Deadline),
+                        ));
+                    }
+                    if !shared.budget.try_withdraw() {
+                        return Poll::Ready(finish(
+                            shared,
+                            result,
+                            *this.attempts,
+                            Some(RetryStop::BudgetExhausted),
+                        ));
+                    }
+                    drop(result);
+                    tracing::debug!(
+                        operation = %shared.operation,
+                        attempt = *this.attempts,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        "palisade: retrying after a transient failure"
+                    );
+                    if delay.is_zero() {
+                        this.state.set(State::Readying);
+                    } else {
+                        this.state.set(State::Backoff {
+                            sleep: tokio::time::sleep(delay),
+                        });
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(retried(
+                            this.shared,
+                            e,
+                            *this.attempts,
+                            RetryStop::NotRetryable,
+                        )));
+                    }
+                    let shared = &**this.shared;
+                    *this.attempts += 1;
+                    // Keep a copy only if yet another retry may follow.
+                    let request = if *this.attempts > shared.policy.max_retries {
+                        this.request.take()
+                    } else {
+                        this.request
+                            .as_ref()
+                            .and_then(|r| shared.replay.replay(r))
+                            .or_else(|| this.request.take())
+                    };
+                    let Some(request) = request else {
+                        // Unreachable: a retry is only decided with a request in hand.
+                        unreachable!("retry decided without a request to send");
+                    };
+                    let future = this.service.call(request);
+                    this.state.set(State::Attempt { future });
+                }
+            }
+        }
+    }
+}
+
+fn finish<C, P, Req, Res, E>(
+    shared: &Shared<C, P>,
+    result: Result<Res, E>,
+    attempts: u32,
+    stop: Option<RetryStop>,
+) -> Result<Res, Error<E>>
+where
+    P: Replay<Req, Res>,
+{
+    match result {
+        Ok(mut response) => {
+            shared.replay.record_attempts(&mut response, attempts);
+            Ok(response)
+        }
+        Err(e) => Err(retried(
+            shared,
+            e,
+            attempts,
+            stop.unwrap_or(RetryStop::NotRetryable),
+        )),
+    }
+}
+
+fn retried<C, P, E>(shared: &Shared<C, P>, e: E, attempts: u32, stop: RetryStop) -> Error<E> {
+    if stop != RetryStop::NotRetryable {
+        tracing::debug!(
+            operation = %shared.operation,
+            attempts,
+            stop = stop.as_str(),
+            "palisade: giving up retrying"
+        );
+    }
+    let retried = Retried {
+        operation: shared.operation.clone(),
+        attempts,
+        stop,
+        last: Box::new(Error::Inner(e)),
+    };
+    match stop {
+        RetryStop::BudgetExhausted => Error::RetryBudgetExhausted(retried),
+        _ => Error::Retried(retried),
+    }
+}

@@ -1,0 +1,117 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::backoff::{Backoff, Rng};
+use super::layer::Shared;
+use super::{CloneRequest, Replay, ResponseFuture};
+use crate::classify::Classify;
+use crate::error::Error;
+
+/// Retries a call while its classifier calls the failure transient, within `max_retries`,
+/// the retry budget and the deadline.
+///
+/// # Readiness and cancellation
+///
+/// `call` sends the first attempt on the service that `poll_ready` readied and keeps it in
+/// the response future for later attempts; before each retry the future waits for the
+/// backoff and then polls the service's readiness again. Dropping the future at any point
+/// (during an attempt, a backoff or a readiness wait) drops the attempt in flight, the
+/// service and the request copy; nothing else is held. A retry already taken from the budget
+/// is not given back.
+///
+/// # Cost
+///
+/// The success path clones the inner service (as tower's `Retry` does) and a shared `Arc`,
+/// copies the request for a possible retry (`Replay`), counts the request in the budget (one
+/// relaxed add), and allocates nothing of its own. It reads the clock only if an attempt is
+/// not done at its first poll (to time the attempt), and on failures. `S::Error` need not be
+/// `Clone`.
+pub struct Retry<S, C, P = CloneRequest> {
+    inner: S,
+    shared: Arc<Shared<C, P>>,
+    rng: Rng,
+}
+
+impl<S, C, P> Retry<S, C, P> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C, P>>, rng: Rng) -> Self {
+        Retry { inner, shared, rng }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C, P> Clone for Retry<S, C, P> {
+    /// A clone draws its own jitter sequence (reproducible when the layer was seeded).
+    fn clone(&self) -> Self {
+        static CLONES: AtomicU64 = AtomicU64::new(1);
+        let mut rng = self.rng;
+        let salt = CLONES.fetch_add(1, Ordering::Relaxed);
+        let seed = rng.next_u64() ^ salt.wrapping_mul(0xA076_1D64_78BD_642F);
+        Retry {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            rng: Rng::seeded(seed),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug, P: fmt::Debug> fmt::Debug for Retry<S, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("operation", &self.shared.operation)
+            .field("policy", &self.shared.policy)
+            .field("classifier", &self.shared.classifier)
+            .field("replay", &self.shared.replay)
+            .field("budget", &self.shared.budget)
+            .finish()
+    }
+}
+
+impl<S, C, P, Req> Service<Req> for Retry<S, C, P>
+where
+    S: Service<Req> + Clone,
+    C: Classify<S::Response, S::Error>,
+    P: Replay<Req, S::Response>,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S, Req, C, P>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::Inner)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &*self.shared;
+        shared.budget.deposit();
+        let copy = if shared.policy.max_retries > 0 {
+            shared.replay.replay(&request)
+        } else {
+            None
+        };
+        // Call the service that was readied; keep it for the retries, and a clone here.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let attempt = service.call(request);
+        let backoff = Backoff::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
+        ResponseFuture::new(self.shared.clone(), service, copy, attempt, backoff)
+    }
+}

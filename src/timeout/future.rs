@@ -1,0 +1,162 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use super::InFlight;
+use super::deadline::Deadline;
+use crate::error::{Error, TimeoutError, TimeoutKind};
+
+pin_project! {
+    /// The response future of [`Timeout`](super::Timeout).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+        #[pin]
+        timer: Timer,
+        call: Listing,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F> {
+        Running { #[pin] inner: F, deadline: Deadline, kind: TimeoutKind, limit: Duration },
+        Expired,
+    }
+}
+
+pin_project! {
+    #[project = TimerProj]
+    #[derive(Debug)]
+    enum Timer {
+        Unarmed,
+        Armed { #[pin] sleep: Sleep },
+    }
+}
+
+/// Where the call is listed: who frees its slot when it ends, however it ends, and who knows
+/// the operation's name for an error. A call listed in the global registry holds no reference
+/// count, so concurrent calls share no written cache line through it.
+#[derive(Debug)]
+pub(crate) enum Listing {
+    /// Not listed; the future keeps the name.
+    Off(Arc<str>),
+    Global {
+        registry: &'static InFlight,
+        id: u16,
+        slot: Option<usize>,
+    },
+    Custom {
+        registry: InFlight,
+        id: u16,
+        slot: Option<usize>,
+    },
+}
+
+impl Listing {
+    fn operation(&self) -> Arc<str> {
+        let found = match self {
+            Listing::Off(name) => return name.clone(),
+            Listing::Global { registry, id, .. } => registry.operation_name(*id),
+            Listing::Custom { registry, id, .. } => registry.operation_name(*id),
+        };
+        found.unwrap_or_else(|| Arc::from("unknown"))
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        match self {
+            Listing::Off(_) => {}
+            Listing::Global { registry, slot, .. } => registry.finish(*slot),
+            Listing::Custom { registry, slot, .. } => registry.finish(*slot),
+        }
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        listing: Listing,
+        deadline: Deadline,
+        kind: TimeoutKind,
+        limit: Duration,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Running {
+                inner,
+                deadline,
+                kind,
+                limit,
+            },
+            timer: Timer::Unarmed,
+            call: listing,
+        }
+    }
+
+    pub(crate) fn expired(operation: Arc<str>) -> Self {
+        ResponseFuture {
+            state: State::Expired,
+            timer: Timer::Unarmed,
+            call: Listing::Off(operation),
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, Error<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let (deadline, kind, limit) = match this.state.project() {
+            StateProj::Expired => {
+                return Poll::Ready(Err(Error::Timeout(TimeoutError {
+                    kind: TimeoutKind::DeadlineExpired,
+                    operation: this.call.operation(),
+                    limit: Duration::ZERO,
+                })));
+            }
+            StateProj::Running {
+                inner,
+                deadline,
+                kind,
+                limit,
+            } => {
+                if let Poll::Ready(result) = deadline.sync_scope(|| inner.poll(cx)) {
+                    return Poll::Ready(result.map_err(Error::Inner));
+                }
+                (*deadline, *kind, *limit)
+            }
+        };
+        if let TimerProj::Unarmed = this.timer.as_mut().project() {
+            this.timer.set(Timer::Armed {
+                sleep: tokio::time::sleep_until(deadline.instant()),
+            });
+        }
+        if let TimerProj::Armed { sleep } = this.timer.project() {
+            ready!(sleep.poll(cx));
+        }
+        let error = TimeoutError {
+            kind,
+            operation: this.call.operation(),
+            limit,
+        };
+        tracing::debug!(
+            operation = %error.operation,
+            kind = kind.as_str(),
+            limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            "palisade: timeout fired"
+        );
+        Poll::Ready(Err(Error::Timeout(error)))
+    }
+}

@@ -1,0 +1,92 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::ResponseFuture;
+use super::deadline::{Deadline, RequestDeadline, TaskDeadlineOnly};
+use super::future::Listing;
+use super::layer::ListIn;
+use super::layer::Shared;
+use crate::error::{Error, TimeoutKind};
+
+/// Fails a call that runs past its limit or past the deadline in force, whichever is first.
+///
+/// # Cancellation and cost
+///
+/// Dropping the response future drops the inner future and frees the call's in-flight slot.
+/// The timer is armed only if the inner future returns `Pending` once, so a call that
+/// completes at once reads the clock once and allocates nothing; one that waits registers one
+/// tokio timer (no allocation either).
+#[derive(Clone, Debug)]
+pub struct Timeout<S, X = TaskDeadlineOnly> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) extract: X,
+}
+
+impl<S, X> Timeout<S, X> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, X, Req> Service<Req> for Timeout<S, X>
+where
+    S: Service<Req>,
+    X: RequestDeadline<Req>,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::Inner)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let own = Deadline::after_from(now, shared.limit);
+        let upstream = match (Deadline::current(), self.extract.deadline(&request)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (deadline, kind, limit) = match upstream {
+            Some(up) if up.instant() <= now => {
+                return ResponseFuture::expired(shared.operation.clone());
+            }
+            // The deadline from upstream binds: report it as the total budget it is, with
+            // the time that was left.
+            Some(up) if up < own => (up, TimeoutKind::Total, up.instant() - now),
+            _ => (own, shared.kind, shared.limit),
+        };
+        let listing = match &shared.in_flight {
+            ListIn::Nowhere => Listing::Off(shared.operation.clone()),
+            ListIn::Global(registry, id) => Listing::Global {
+                registry,
+                id: *id,
+                slot: registry.start(*id, now),
+            },
+            ListIn::Registry(registry, id) => Listing::Custom {
+                slot: registry.start(*id, now),
+                registry: registry.clone(),
+                id: *id,
+            },
+        };
+        let inner = deadline.sync_scope(|| self.inner.call(request));
+        ResponseFuture::new(inner, listing, deadline, kind, limit)
+    }
+}
