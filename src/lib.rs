@@ -41,8 +41,15 @@
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "correlation")]
+pub mod correlation;
 pub mod error;
+pub mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod policy;
+#[cfg(feature = "http")]
+pub mod redact;
 pub mod retry;
 pub mod timeout;
 

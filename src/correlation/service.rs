@@ -1,0 +1,146 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::layer::CorrelationConfig;
+use super::{CorrelationId, ResponseFuture, TRACEPARENT};
+
+/// The service built by [`CorrelationLayer`](super::CorrelationLayer).
+#[derive(Clone, Debug)]
+pub struct CorrelationService<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<CorrelationConfig>,
+}
+
+impl<S> CorrelationService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Where the request's ID came from, for the span and the debug event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The main header: already on the request as it should be.
+    MainHeader,
+    Header,
+    Traceparent,
+    Generated,
+    Replaced,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::MainHeader | Source::Header => "header",
+            Source::Traceparent => "traceparent",
+            Source::Generated => "generated",
+            Source::Replaced => "replaced",
+        }
+    }
+}
+
+impl CorrelationConfig {
+    /// The request's ID and where it came from, and whether an ID header was rejected.
+    fn extract(&self, headers: &HeaderMap) -> (CorrelationId, Source, bool) {
+        let mut rejected = false;
+        for (i, name) in self.headers.iter().enumerate() {
+            if let Some(value) = headers.get(name) {
+                match CorrelationId::from_header(value) {
+                    Some(id) if i == 0 => return (id, Source::MainHeader, rejected),
+                    Some(id) => return (id, Source::Header, rejected),
+                    None => rejected = true,
+                }
+            }
+        }
+        if self.use_traceparent
+            && let Some(id) = headers
+                .get(TRACEPARENT)
+                .and_then(CorrelationId::from_traceparent)
+        {
+            return (id, Source::Traceparent, rejected);
+        }
+        let source = if rejected {
+            Source::Replaced
+        } else {
+            Source::Generated
+        };
+        (CorrelationId::generate(), source, rejected)
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CorrelationService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let (id, source, rejected) = config.extract(req.headers());
+        let header = &config.headers[0];
+        let span = tracing::info_span!(
+            "request",
+            correlation_id = id.as_str(),
+            method = %req.method(),
+        );
+        if rejected {
+            // Invalid ID headers are dropped, so nothing downstream (a handler, a log of the
+            // headers) sees the attacker-controlled value; the value itself is never logged.
+            for name in &config.headers[1..] {
+                if req
+                    .headers()
+                    .get(name)
+                    .is_some_and(|v| !CorrelationId::is_valid(v.as_bytes()))
+                {
+                    req.headers_mut().remove(name);
+                }
+            }
+            span.in_scope(|| {
+                tracing::debug!(
+                    source = source.as_str(),
+                    "incoming correlation id is invalid; not used",
+                );
+            });
+        }
+        #[cfg(feature = "opentelemetry")]
+        if config.join_trace {
+            super::otel::join_incoming_trace(&span, req.headers());
+        }
+        // Handlers that read the header see only the validated ID.
+        if source != Source::MainHeader {
+            req.headers_mut()
+                .insert(header.clone(), id.header_value().clone());
+        }
+        config.sensitive.mark(req.headers_mut());
+        if config.log_headers {
+            span.in_scope(|| {
+                tracing::debug!(headers = %config.sensitive.redact(req.headers()), "request headers");
+            });
+        }
+        req.extensions_mut().insert(id.clone());
+        let echo = id.header_value().clone();
+        let inner = super::scope(id, self.inner.call(req).instrument(span));
+        ResponseFuture::new(inner, config.clone(), echo)
+    }
+}

@@ -1,0 +1,148 @@
+//! CorrelationLayer and PropagateCorrelationLayer as plain Tower services: properties of the ID,
+//! cancellation, and the task-local's reach.
+#![cfg(feature = "correlation")]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+
+use http::{HeaderValue, Request, Response};
+use palisade::correlation::{
+    self, CorrelationId, CorrelationLayer, PropagateCorrelationLayer, X_REQUEST_ID,
+};
+use proptest::prelude::*;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+fn echo_service() -> impl Service<
+    Request<()>,
+    Response = Response<Option<String>>,
+    Error = Infallible,
+    Future = impl Future + Send,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(CorrelationLayer::new())
+        .service_fn(|req: Request<()>| async move {
+            // The task-local, the extension and the header must agree.
+            let current = CorrelationId::current().map(|id| id.to_string());
+            let ext = req
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|id| id.to_string());
+            let header = req.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
+            assert_eq!(current.as_deref(), Some(header.as_str()));
+            assert_eq!(ext, current);
+            Ok::<_, Infallible>(Response::new(current))
+        })
+}
+
+fn run<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Byte strings a header value can hold: mostly visible ASCII around the 128-byte limit, with
+/// spaces, tabs and non-ASCII bytes mixed in.
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(b'!'..=b'~', 0..140),
+        proptest::collection::vec(
+            prop_oneof![8 => b'!'..=b'~', 1 => Just(b' '), 1 => Just(b'\t'), 1 => 0x80u8..=0xff],
+            0..300,
+        ),
+    ]
+}
+
+proptest! {
+    /// Whatever bytes arrive, the echoed ID is the incoming one if and only if it is valid, and
+    /// otherwise a fresh UUIDv7.
+    #[test]
+    fn an_id_is_kept_iff_valid(bytes in header_bytes()) {
+        // Only what `http` lets into a header value can reach a server.
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+        let req = Request::builder().header(X_REQUEST_ID, value).body(()).unwrap();
+        let res = run(echo_service().oneshot(req)).unwrap();
+        let echoed = res.headers()[X_REQUEST_ID].as_bytes().to_vec();
+        prop_assert_eq!(res.body().as_deref().map(str::as_bytes), Some(echoed.as_slice()));
+        // The rule, restated independently of the library: 1 to 128 visible ASCII bytes.
+        let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        prop_assert_eq!(CorrelationId::is_valid(&bytes), valid);
+        if valid {
+            prop_assert_eq!(echoed, bytes);
+        } else {
+            prop_assert_ne!(&echoed, &bytes);
+            let text = String::from_utf8(echoed).unwrap();
+            let uuid = text.parse::<uuid::Uuid>().unwrap();
+            prop_assert_eq!(uuid.get_version_num(), 7);
+        }
+    }
+}
+
+#[test]
+fn dropping_the_response_future_mid_flight_leaves_nothing_behind() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut rx = Some(rx);
+    let mut service = CorrelationLayer::new().layer(tower::service_fn(move |_req: Request<()>| {
+        let rx = rx.take().unwrap();
+        async move {
+            let _ = rx.await;
+            Ok::<_, Infallible>(Response::new(()))
+        }
+    }));
+    let req = Request::builder()
+        .header(X_REQUEST_ID, "abc")
+        .body(())
+        .unwrap();
+    {
+        let mut fut = pin!(service.call(req));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // Between polls the ID is not current: the task-local is scoped to the poll.
+        assert!(CorrelationId::current().is_none());
+    }
+    // The handler's future was dropped with the response future: its receiver is gone.
+    assert!(tx.send(()).is_err());
+    assert!(CorrelationId::current().is_none());
+}
+
+#[tokio::test]
+async fn spawned_tasks_keep_the_id_and_plain_ones_do_not() {
+    let id = CorrelationId::parse(b"job-1").unwrap();
+    let (carried, plain, carried_future) = correlation::scope(id, async {
+        let carried = correlation::spawn(async { CorrelationId::current() });
+        let plain = tokio::spawn(async { CorrelationId::current() });
+        let future = correlation::carry(async { CorrelationId::current() });
+        (carried.await.unwrap(), plain.await.unwrap(), future)
+    })
+    .await;
+    assert_eq!(carried.unwrap().as_str(), "job-1");
+    assert!(plain.is_none());
+    // A carried future keeps the ID even when polled outside the scope.
+    assert_eq!(carried_future.await.unwrap().as_str(), "job-1");
+    // Outside any request, spawn carries nothing.
+    assert!(
+        correlation::spawn(async { CorrelationId::current() })
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn propagation_adds_the_current_id_to_http_requests() {
+    let client =
+        PropagateCorrelationLayer::new().layer(tower::service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(req.headers().get(X_REQUEST_ID).cloned())
+        }));
+    assert_eq!(
+        client.clone().oneshot(Request::new(())).await.unwrap(),
+        None
+    );
+    let id = CorrelationId::parse(b"outer-7").unwrap();
+    let seen = correlation::scope(id, client.oneshot(Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(seen.unwrap(), "outer-7");
+}
