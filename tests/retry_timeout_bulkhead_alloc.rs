@@ -1,9 +1,10 @@
 //! Proof that the success path allocates nothing: a counting global allocator around calls
-//! through each layer and through the whole stack. One test per binary, so no other test
-//! allocates while this one counts.
+//! through each layer and through the whole stack. Only the counting thread's allocations are
+//! counted (the runtime is current-thread, so every layer runs there): the test harness's own
+//! threads may allocate at any time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use palisade::bulkhead::BulkheadLayer;
 use palisade::classify::{
@@ -17,15 +18,24 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 struct Counting;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the allocator may run while thread-locals are being torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
 
 // SAFETY: every method forwards to the system allocator unchanged; it only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: the caller's contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
@@ -36,9 +46,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -68,14 +76,14 @@ where
     S::Error: std::fmt::Debug,
 {
     service.ready().await.unwrap().call(0).await.unwrap();
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
     for i in 0..calls {
         let ready = service.ready().await.unwrap();
         std::hint::black_box(ready.call(i).await.unwrap());
     }
-    COUNTING.store(false, Ordering::SeqCst);
-    ALLOCATIONS.load(Ordering::SeqCst)
+    COUNTING.with(|on| on.set(false));
+    ALLOCATIONS.with(Cell::get)
 }
 
 #[test]
