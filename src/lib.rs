@@ -44,6 +44,7 @@ pub mod classify;
 pub mod error;
 pub mod policy;
 pub mod retry;
+pub mod stack;
 pub mod timeout;
 
 pub use error::Error;
