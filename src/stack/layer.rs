@@ -4,6 +4,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::NoReplay;
+use super::breakers::{Breakers, PerOperation};
 use super::fallback::NoFallback;
 use super::registry::{Registry, StackHandle};
 use super::select::ByRequest;
@@ -16,8 +17,14 @@ use crate::policy::{ConfigError, Policies, PolicyStore};
 /// what a reload does. Every service the layer builds (axum's `Router::layer` builds one per
 /// route) shares one per-operation state: one breaker, bulkhead and retry budget per
 /// operation.
-pub struct ResilienceLayer<C, P = NoReplay, Sel = ByRequest, F = NoFallback> {
-    registry: Arc<Registry<C>>,
+pub struct ResilienceLayer<
+    C,
+    P = NoReplay,
+    Sel = ByRequest,
+    F = NoFallback,
+    B: Breakers<C> = PerOperation,
+> {
+    registry: Arc<Registry<C, B>>,
     classifier: C,
     replay: P,
     select: Sel,
@@ -29,7 +36,7 @@ impl<C: Clone> ResilienceLayer<C> {
     /// outcomes with `classifier`.
     pub fn new(store: PolicyStore, classifier: C) -> Self {
         ResilienceLayer {
-            registry: Arc::new(Registry::new(store, classifier.clone())),
+            registry: Arc::new(Registry::new(store, classifier.clone(), PerOperation)),
             classifier,
             replay: NoReplay,
             select: ByRequest,
@@ -50,11 +57,11 @@ impl<C: Clone> ResilienceLayer<C> {
     }
 }
 
-impl<C: Clone, P, Sel, F> ResilienceLayer<C, P, Sel, F> {
+impl<C: Clone, P, Sel, F, B: Breakers<C>> ResilienceLayer<C, P, Sel, F, B> {
     /// Makes copies of requests for retries with `replay`. Without one ([`NoReplay`]) a call
     /// is never sent twice; for clients use [`CloneRequest`](crate::retry::CloneRequest) or a
     /// request-specific replay.
-    pub fn with_replay<Q>(self, replay: Q) -> ResilienceLayer<C, Q, Sel, F> {
+    pub fn with_replay<Q>(self, replay: Q) -> ResilienceLayer<C, Q, Sel, F, B> {
         ResilienceLayer {
             registry: self.registry,
             classifier: self.classifier,
@@ -65,7 +72,7 @@ impl<C: Clone, P, Sel, F> ResilienceLayer<C, P, Sel, F> {
     }
 
     /// Selects each request's operation with `select` instead of [`ByRequest`].
-    pub fn with_select<T>(self, select: T) -> ResilienceLayer<C, P, T, F> {
+    pub fn with_select<T>(self, select: T) -> ResilienceLayer<C, P, T, F, B> {
         ResilienceLayer {
             registry: self.registry,
             classifier: self.classifier,
@@ -75,8 +82,24 @@ impl<C: Clone, P, Sel, F> ResilienceLayer<C, P, Sel, F> {
         }
     }
 
+    /// Shapes each operation's circuit breaking with `breakers` ([`PerKey`](super::PerKey):
+    /// one breaker per host within each operation). The per-operation state starts afresh.
+    pub fn with_breakers<B2: Breakers<C>>(self, breakers: B2) -> ResilienceLayer<C, P, Sel, F, B2> {
+        ResilienceLayer {
+            registry: Arc::new(Registry::new(
+                self.registry.store.clone(),
+                self.classifier.clone(),
+                breakers,
+            )),
+            classifier: self.classifier,
+            replay: self.replay,
+            select: self.select,
+            fallback: self.fallback,
+        }
+    }
+
     /// Answers failed and refused calls with `fallback`.
-    pub fn with_fallback<G>(self, fallback: G) -> ResilienceLayer<C, P, Sel, G> {
+    pub fn with_fallback<G>(self, fallback: G) -> ResilienceLayer<C, P, Sel, G, B> {
         ResilienceLayer {
             registry: self.registry,
             classifier: self.classifier,
@@ -87,7 +110,7 @@ impl<C: Clone, P, Sel, F> ResilienceLayer<C, P, Sel, F> {
     }
 
     /// The per-operation state and the policy store, shared by every service of this layer.
-    pub fn handle(&self) -> StackHandle<C> {
+    pub fn handle(&self) -> StackHandle<C, B> {
         StackHandle {
             registry: self.registry.clone(),
         }
@@ -107,7 +130,9 @@ impl<C: Clone, P, Sel, F> ResilienceLayer<C, P, Sel, F> {
     }
 }
 
-impl<C: Clone, P: Clone, Sel: Clone, F: Clone> Clone for ResilienceLayer<C, P, Sel, F> {
+impl<C: Clone, P: Clone, Sel: Clone, F: Clone, B: Breakers<C>> Clone
+    for ResilienceLayer<C, P, Sel, F, B>
+{
     fn clone(&self) -> Self {
         ResilienceLayer {
             registry: self.registry.clone(),
@@ -119,7 +144,7 @@ impl<C: Clone, P: Clone, Sel: Clone, F: Clone> Clone for ResilienceLayer<C, P, S
     }
 }
 
-impl<C, P, Sel, F> std::fmt::Debug for ResilienceLayer<C, P, Sel, F> {
+impl<C, P, Sel, F, B: Breakers<C>> std::fmt::Debug for ResilienceLayer<C, P, Sel, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResilienceLayer")
             .field("store", &self.registry.store)
@@ -127,15 +152,16 @@ impl<C, P, Sel, F> std::fmt::Debug for ResilienceLayer<C, P, Sel, F> {
     }
 }
 
-impl<S, C, P, Sel, F> Layer<S> for ResilienceLayer<C, P, Sel, F>
+impl<S, C, P, Sel, F, B> Layer<S> for ResilienceLayer<C, P, Sel, F, B>
 where
+    B: Breakers<C>,
     S: Clone,
     C: Clone,
     P: Clone,
     Sel: Clone,
     F: Clone,
 {
-    type Service = Resilience<S, C, P, Sel, F>;
+    type Service = Resilience<S, C, P, Sel, F, B>;
 
     fn layer(&self, inner: S) -> Self::Service {
         // Correlation IDs and error metrics (issue 5) go outside this service, in that order:

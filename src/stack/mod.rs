@@ -107,16 +107,22 @@
 //! operation layers' own named futures. (The bulkhead boxes the wait of a call that queues,
 //! as documented there.)
 
+mod breakers;
 mod fallback;
 mod future;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
 mod registry;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 mod select;
 mod service;
 mod table;
 
+#[cfg(feature = "reqwest")]
+pub use breakers::reqwest_host;
+pub use breakers::{Breakers, KeyOf, PerKey, PerOperation};
 pub use fallback::{Failure, Fallback, FallbackFn, NoFallback, fallback_fn};
 pub use future::{IntoStackError, ResponseFuture};
 pub use layer::ResilienceLayer;

@@ -4,31 +4,31 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::breakers::{Breakers, PerOperation};
 use crate::bulkhead::BulkheadLayer;
-use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, OperatorMode};
 use crate::error::ThroughLayers;
 use crate::policy::{BulkheadPolicy, Policies, Policy, PolicyStore};
 use crate::retry::RetryBudget;
 
 /// The state one operation keeps between calls.
-pub(crate) struct OperationState<C> {
+pub(crate) struct OperationState<C, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
-    pub(crate) breaker: CircuitBreakerLayer<ThroughLayers<C>>,
+    pub(crate) breaker: B::Layer,
     pub(crate) bulkhead: BulkheadLayer,
     pub(crate) budget: RetryBudget,
 }
 
 /// Every operation's state for one version of the policy table.
-pub(crate) struct States<C> {
+pub(crate) struct States<C, B: Breakers<C>> {
     pub(crate) policies: Arc<Policies>,
-    pub(crate) defaults: Arc<OperationState<C>>,
-    pub(crate) operations: HashMap<Arc<str>, Arc<OperationState<C>>>,
+    pub(crate) defaults: Arc<OperationState<C, B>>,
+    pub(crate) operations: HashMap<Arc<str>, Arc<OperationState<C, B>>>,
     /// Bumped on every change of table, so services know their operation stacks are stale.
     pub(crate) generation: u64,
 }
 
-impl<C> States<C> {
-    pub(crate) fn get(&self, operation: &str) -> Option<&Arc<OperationState<C>>> {
+impl<C, B: Breakers<C>> States<C, B> {
+    pub(crate) fn get(&self, operation: &str) -> Option<&Arc<OperationState<C, B>>> {
         if operation == self.defaults.policy.name() {
             return Some(&self.defaults);
         }
@@ -39,40 +39,43 @@ impl<C> States<C> {
 /// The state of every operation of a stack, shared by every service one
 /// [`ResilienceLayer`](super::ResilienceLayer) builds (so that `Router::layer`, which builds
 /// one service per route, still gives each operation one breaker).
-pub(crate) struct Registry<C> {
+pub(crate) struct Registry<C, B: Breakers<C>> {
     pub(crate) store: PolicyStore,
     classifier: C,
-    states: Mutex<Arc<States<C>>>,
+    breakers: B,
+    states: Mutex<Arc<States<C, B>>>,
     partitions: Mutex<HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>>,
 }
 
-impl<C: Clone> Registry<C> {
-    pub(crate) fn new(store: PolicyStore, classifier: C) -> Self {
+impl<C: Clone, B: Breakers<C>> Registry<C, B> {
+    pub(crate) fn new(store: PolicyStore, classifier: C, breakers: B) -> Self {
         let policies = store.current();
         let mut partitions = HashMap::new();
-        let states = build(&classifier, &policies, None, &mut partitions, 0);
+        let states = build(&classifier, &breakers, &policies, None, &mut partitions, 0);
         Registry {
             store,
             classifier,
+            breakers,
             states: Mutex::new(Arc::new(states)),
             partitions: Mutex::new(partitions),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Arc<States<C>>> {
+    fn lock(&self) -> MutexGuard<'_, Arc<States<C, B>>> {
         // Written in one step (an `Arc` swap): a panic elsewhere cannot leave it half-done.
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The states for the store's running table, brought up to date first if a reload
     /// happened since they were built. Cold: taken when a reload is noticed, not per call.
-    pub(crate) fn sync(&self) -> Arc<States<C>> {
+    pub(crate) fn sync(&self) -> Arc<States<C, B>> {
         let mut states = self.lock();
         let current = self.store.current();
         if !Arc::ptr_eq(&states.policies, &current) {
             let mut partitions = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
             let next = build(
                 &self.classifier,
+                &self.breakers,
                 &current,
                 Some(&states),
                 &mut partitions,
@@ -85,18 +88,20 @@ impl<C: Clone> Registry<C> {
 }
 
 /// The state of every operation of `policies`, reusing `old`'s where the rules are the same.
-fn build<C: Clone>(
+fn build<C: Clone, B: Breakers<C>>(
     classifier: &C,
+    breakers: &B,
     policies: &Arc<Policies>,
-    old: Option<&States<C>>,
+    old: Option<&States<C, B>>,
     partitions: &mut HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>,
     generation: u64,
-) -> States<C> {
+) -> States<C, B> {
     let mut next_partitions = HashMap::new();
     let mut state_of = |policy: &Arc<Policy>| {
         let before = old.and_then(|o| o.get(policy.name()));
         Arc::new(operation_state(
             classifier,
+            breakers,
             policy,
             before.map(|b| &**b),
             partitions,
@@ -131,24 +136,20 @@ fn build<C: Clone>(
     }
 }
 
-fn operation_state<C: Clone>(
+fn operation_state<C: Clone, B: Breakers<C>>(
     classifier: &C,
+    breakers: &B,
     policy: &Arc<Policy>,
-    before: Option<&OperationState<C>>,
+    before: Option<&OperationState<C, B>>,
     partitions: &HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>,
     next_partitions: &mut HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>,
-) -> OperationState<C> {
+) -> OperationState<C, B> {
     let breaker = match before {
         Some(b) if b.policy.circuit_breaker == policy.circuit_breaker => b.breaker.clone(),
         _ => {
-            let layer = CircuitBreakerLayer::from_policy(policy, ThroughLayers(classifier.clone()));
-            // An operator's decision (forced open, shadow mode) outlives a change of thresholds;
-            // `Disabled` is what `enabled: false` sets, so it follows the new policy instead.
+            let layer = breakers.build(policy, ThroughLayers(classifier.clone()));
             if let Some(b) = before {
-                let mode = b.breaker.handle().mode();
-                if matches!(mode, OperatorMode::ForcedOpen | OperatorMode::MetricsOnly) {
-                    layer.handle().set_mode(mode);
-                }
+                B::carry_over(&b.breaker, &layer);
             }
             layer
         }
@@ -182,11 +183,11 @@ fn operation_state<C: Clone>(
 ///
 /// Every method first brings the state up to date with the store, so a reload is visible here
 /// even before the next call.
-pub struct StackHandle<C> {
-    pub(crate) registry: Arc<Registry<C>>,
+pub struct StackHandle<C, B: Breakers<C> = PerOperation> {
+    pub(crate) registry: Arc<Registry<C, B>>,
 }
 
-impl<C> Clone for StackHandle<C> {
+impl<C, B: Breakers<C>> Clone for StackHandle<C, B> {
     fn clone(&self) -> Self {
         StackHandle {
             registry: self.registry.clone(),
@@ -194,7 +195,7 @@ impl<C> Clone for StackHandle<C> {
     }
 }
 
-impl<C> std::fmt::Debug for StackHandle<C> {
+impl<C, B: Breakers<C>> std::fmt::Debug for StackHandle<C, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StackHandle")
             .field("store", &self.registry.store)
@@ -202,15 +203,17 @@ impl<C> std::fmt::Debug for StackHandle<C> {
     }
 }
 
-impl<C: Clone> StackHandle<C> {
+impl<C: Clone, B: Breakers<C>> StackHandle<C, B> {
     /// The policy store the stack runs under: reload it to change the stack's rules.
     pub fn store(&self) -> &PolicyStore {
         &self.registry.store
     }
 
-    /// The breaker of `operation` (`defaults` for the defaults), if the running table has it.
-    pub fn breaker(&self, operation: &str) -> Option<CircuitBreakerHandle> {
-        Some(self.registry.sync().get(operation)?.breaker.handle())
+    /// The breaker of `operation` (`defaults` for the defaults), if the running table has it:
+    /// a [`CircuitBreakerHandle`](crate::circuit_breaker::CircuitBreakerHandle), or with
+    /// [`PerKey`](super::PerKey) breakers the handle of the operation's keyed registry.
+    pub fn breaker(&self, operation: &str) -> Option<B::Handle> {
+        Some(B::handle(&self.registry.sync().get(operation)?.breaker))
     }
 
     /// The bulkhead of `operation`, to read its permits and queue.

@@ -5,8 +5,9 @@ use arc_swap::ArcSwap;
 use tower_service::Service;
 
 use super::NoReplay;
+use super::breakers::{Breakers, PerOperation};
 use super::fallback::{Fallback, NoFallback};
-use super::future::ResponseFuture;
+use super::future::{IntoStackError, ResponseFuture};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
 use super::table::{OperationService, Table};
@@ -42,31 +43,39 @@ use crate::retry::Replay;
 /// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
 /// layers (reference counts, and the inner service), and the layers' own costs. No lock, and
 /// no allocation of its own.
-pub struct Resilience<S, C, P = NoReplay, Sel = ByRequest, F = NoFallback> {
-    shared: Arc<Shared<S, C, P, Sel, F>>,
+pub struct Resilience<
+    S,
+    C,
+    P = NoReplay,
+    Sel = ByRequest,
+    F = NoFallback,
+    B: Breakers<C> = PerOperation,
+> {
+    shared: Arc<Shared<S, C, P, Sel, F, B>>,
 }
 
-struct Shared<S, C, P, Sel, F> {
-    registry: Arc<Registry<C>>,
+struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
+    registry: Arc<Registry<C, B>>,
     /// The service every operation's layers are built around, cloned once per operation and
     /// rebuild. Locked only while rebuilding after a reload.
     inner: Mutex<S>,
-    table: ArcSwap<Table<S, C, P>>,
+    table: ArcSwap<Table<S, C, P, B>>,
     classifier: C,
     replay: P,
     select: Sel,
     fallback: F,
 }
 
-impl<S, C, P, Sel, F> Resilience<S, C, P, Sel, F>
+impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
 where
     S: Clone,
     C: Clone,
     P: Clone,
+    B: Breakers<C>,
 {
     pub(crate) fn new(
         inner: S,
-        registry: Arc<Registry<C>>,
+        registry: Arc<Registry<C, B>>,
         classifier: C,
         replay: P,
         select: Sel,
@@ -89,7 +98,7 @@ where
     }
 
     /// The per-operation state this service shares with the rest of its layer's services.
-    pub fn handle(&self) -> StackHandle<C> {
+    pub fn handle(&self) -> StackHandle<C, B> {
         StackHandle {
             registry: self.shared.registry.clone(),
         }
@@ -117,7 +126,7 @@ where
     }
 }
 
-impl<S, C, P, Sel, F> Clone for Resilience<S, C, P, Sel, F> {
+impl<S, C, P, Sel, F, B: Breakers<C>> Clone for Resilience<S, C, P, Sel, F, B> {
     fn clone(&self) -> Self {
         Resilience {
             shared: self.shared.clone(),
@@ -125,7 +134,7 @@ impl<S, C, P, Sel, F> Clone for Resilience<S, C, P, Sel, F> {
     }
 }
 
-impl<S, C, P, Sel, F> std::fmt::Debug for Resilience<S, C, P, Sel, F> {
+impl<S, C, P, Sel, F, B: Breakers<C>> std::fmt::Debug for Resilience<S, C, P, Sel, F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resilience")
             .field("store", &self.shared.registry.store)
@@ -133,8 +142,11 @@ impl<S, C, P, Sel, F> std::fmt::Debug for Resilience<S, C, P, Sel, F> {
     }
 }
 
-impl<S, C, P, Sel, F, Req> Service<Req> for Resilience<S, C, P, Sel, F>
+impl<S, C, P, Sel, F, B, Req> Service<Req> for Resilience<S, C, P, Sel, F, B>
 where
+    B: Breakers<C>,
+    OperationService<S, C, P, B>: Service<Req, Response = S::Response> + Clone,
+    <OperationService<S, C, P, B> as Service<Req>>::Error: IntoStackError<S::Error>,
     S: Service<Req> + Clone,
     C: Classify<S::Response, S::Error> + Clone,
     P: Replay<Req, S::Response> + Clone,
@@ -143,7 +155,7 @@ where
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
-    type Future = ResponseFuture<OperationService<S, C, P>, Req, C, F, S::Error>;
+    type Future = ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

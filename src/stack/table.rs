@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tower_layer::Layer;
 
+use super::breakers::{Breakers, PerOperation};
 use super::registry::{OperationState, States};
 use crate::bulkhead::Bulkhead;
-use crate::circuit_breaker::CircuitBreaker;
 use crate::error::ThroughLayers;
 use crate::policy::{Policies, Policy};
 use crate::retry::{Retry, RetryLayer};
@@ -21,24 +21,22 @@ use crate::timeout::{Timeout, TimeoutLayer};
 ///
 /// Correlation and error metrics (issue 5) sit outside [`Resilience`](super::Resilience),
 /// which also holds the kill switch and the fallback; see the [module docs](super).
-pub type OperationService<S, C, P> = Bulkhead<
-    Timeout<
-        Retry<CircuitBreaker<Timeout<S>, ThroughLayers<C>>, ThroughLayers<ThroughLayers<C>>, P>,
-    >,
+pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
+    Timeout<Retry<<B as Breakers<C>>::Service<Timeout<S>>, ThroughLayers<ThroughLayers<C>>, P>>,
 >;
 
 /// One operation of one service: its policy snapshot and its layers.
-pub(crate) struct OperationStack<S, C, P> {
+pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
-    pub(crate) service: OperationService<S, C, P>,
+    pub(crate) service: OperationService<S, C, P, B>,
 }
 
-impl<S: Clone, C: Clone, P: Clone> OperationStack<S, C, P> {
-    fn build(inner: &S, state: &OperationState<C>, classifier: &C, replay: &P) -> Self {
+impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
+    fn build(inner: &S, state: &OperationState<C, B>, classifier: &C, replay: &P) -> Self {
         let policy = &state.policy;
         // Innermost first.
         let attempt = TimeoutLayer::attempt_from(policy).layer(inner.clone());
-        let breaker = state.breaker.layer(attempt);
+        let breaker = B::wrap(&state.breaker, attempt);
         let retry =
             RetryLayer::from_policy(policy, ThroughLayers(ThroughLayers(classifier.clone())))
                 .with_replay(replay.clone())
@@ -54,20 +52,20 @@ impl<S: Clone, C: Clone, P: Clone> OperationStack<S, C, P> {
 }
 
 /// Every operation's stack for one version of the policy table.
-pub(crate) struct Table<S, C, P> {
+pub(crate) struct Table<S, C, P, B: Breakers<C>> {
     pub(crate) policies: Arc<Policies>,
     /// Fires when the store swaps in another table: this one is then stale.
     pub(crate) changes: watch::Receiver<Arc<Policies>>,
-    defaults: OperationStack<S, C, P>,
+    defaults: OperationStack<S, C, P, B>,
     /// Keyed by the address of the operation's `Arc<Policy>` in `policies`: selection hands
     /// back that `Arc`, so finding its stack hashes one word instead of a name.
-    operations: HashMap<usize, OperationStack<S, C, P>, PtrHash>,
+    operations: HashMap<usize, OperationStack<S, C, P, B>, PtrHash>,
 }
 
-impl<S: Clone, C: Clone, P: Clone> Table<S, C, P> {
+impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
     pub(crate) fn build(
         inner: &S,
-        states: &States<C>,
+        states: &States<C, B>,
         changes: watch::Receiver<Arc<Policies>>,
         classifier: &C,
         replay: &P,
@@ -93,9 +91,9 @@ impl<S: Clone, C: Clone, P: Clone> Table<S, C, P> {
     }
 }
 
-impl<S, C, P> Table<S, C, P> {
+impl<S, C, P, B: Breakers<C>> Table<S, C, P, B> {
     /// The stack of a policy selected from this table's `policies`.
-    pub(crate) fn stack(&self, policy: &Arc<Policy>) -> &OperationStack<S, C, P> {
+    pub(crate) fn stack(&self, policy: &Arc<Policy>) -> &OperationStack<S, C, P, B> {
         self.operations
             .get(&(Arc::as_ptr(policy) as usize))
             .unwrap_or(&self.defaults)
