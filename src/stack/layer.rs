@@ -128,6 +128,15 @@ impl<C: Clone, P, Sel, F, B: Breakers<C>> ResilienceLayer<C, P, Sel, F, B> {
     pub fn problem_responses(self) -> super::http::ProblemResponseLayer<Self> {
         super::http::ProblemResponseLayer::new(self)
     }
+
+    /// The stack as an infallible gRPC service: palisade errors become trailers-only
+    /// responses with their status (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`,
+    /// `DEADLINE_EXCEEDED`) and `grpc-retry-pushback-ms`, for tonic's
+    /// `Server::builder().layer`. See [`grpc`](super::grpc).
+    #[cfg(feature = "grpc")]
+    pub fn grpc_statuses(self) -> super::grpc::GrpcStatusLayer<Self> {
+        super::grpc::GrpcStatusLayer::new(self)
+    }
 }
 
 impl<C: Clone, P: Clone, Sel: Clone, F: Clone, B: Breakers<C>> Clone

@@ -110,6 +110,8 @@
 mod breakers;
 mod fallback;
 mod future;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
