@@ -53,3 +53,8 @@ pub use error::Error;
 #[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The cookbook (docs/cookbook.md), compiled and run as doc tests.
+#[cfg(all(doctest, feature = "axum", feature = "reqwest", feature = "grpc"))]
+#[doc = include_str!("../docs/cookbook.md")]
+pub struct CookbookDoctests;
