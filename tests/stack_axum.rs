@@ -289,3 +289,33 @@ async fn a_broken_file_is_rejected_and_reported_while_the_server_keeps_its_polic
     assert_eq!(r.status(), 503);
     let _ = std::fs::remove_file(&f.path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_answers_for_a_switched_off_route() {
+    use axum::response::IntoResponse;
+    use palisade::stack::{Failure, fallback_fn};
+
+    let stack = ResilienceLayer::from_policies(
+        palisade::policy::Policies::from_yaml_str(POLICIES).unwrap(),
+        HttpStatus::new(),
+    )
+    .with_fallback(fallback_fn(
+        |failure: Failure<std::convert::Infallible>| async move {
+            match failure.code() {
+                Some("operation_disabled") => {
+                    Ok((StatusCode::OK, "served from the nightly snapshot").into_response())
+                }
+                _ => Err(failure.into_error()),
+            }
+        },
+    ));
+    let base = serve(
+        Router::new()
+            .route("/v1/exports", get(|| async { "exported" }))
+            .layer(stack.problem_responses()),
+    )
+    .await;
+    let r = reqwest::get(format!("{base}/v1/exports")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "served from the nightly snapshot");
+}
