@@ -17,7 +17,7 @@ use crate::timeout::{Timeout, TimeoutLayer};
 
 /// The layers one operation's calls go through, outermost first: bulkhead -> total timeout ->
 /// retry -> circuit breaker -> attempt timeout -> the service. This alias (with
-/// [`build`](OperationStack::build)) is the only place that knows the order.
+/// the private `OperationStack::build`) is the only place that knows the order.
 ///
 /// Correlation and error metrics (issue 5) sit outside [`Resilience`](super::Resilience),
 /// which also holds the kill switch and the fallback; see the [module docs](super).
