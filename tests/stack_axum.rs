@@ -87,7 +87,7 @@ fn app(state: App) -> Router {
             get(
                 |axum::extract::Path(pair): axum::extract::Path<String>| async move {
                     if pair == "slow" {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     pair
                 },
@@ -240,7 +240,23 @@ async fn each_palisade_error_has_its_response() {
     f.gate.add_permits(10);
     assert_eq!(held.await.unwrap(), 200);
 
-    // Timeout: shorten the quote timeout by reloading the file.
+    // A quote in flight under the 5 s timeout (the handler takes 1 s)...
+    let in_flight = tokio::spawn({
+        let (client, base) = (f.client.clone(), f.base.clone());
+        async move {
+            client
+                .get(format!("{base}/v1/quotes/slow"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let quotes = f.stack.bulkhead("quotes").unwrap();
+    while quotes.available_permits() == quotes.max_concurrent() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // ...then the timeout is shortened by reloading the file.
     std::fs::write(
         &f.path,
         POLICIES.replace("total: 5s, attempt: 5s", "total: 100ms, attempt: 100ms"),
@@ -262,6 +278,8 @@ async fn each_palisade_error_has_its_response() {
         "{body}"
     );
     assert_eq!(body["operation"], "quotes");
+    // The call that started before the reload finished under its 5 s.
+    assert_eq!(in_flight.await.unwrap(), 200);
     let _ = std::fs::remove_file(&f.path);
 }
 
