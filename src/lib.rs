@@ -51,6 +51,7 @@ pub mod policy;
 #[cfg(feature = "http")]
 pub mod redact;
 pub mod retry;
+pub mod stack;
 pub mod timeout;
 
 pub use error::Error;
@@ -59,3 +60,8 @@ pub use error::Error;
 #[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The cookbook (docs/cookbook.md), compiled and run as doc tests.
+#[cfg(all(doctest, feature = "axum", feature = "reqwest", feature = "grpc"))]
+#[doc = include_str!("../docs/cookbook.md")]
+pub struct CookbookDoctests;

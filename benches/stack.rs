@@ -1,0 +1,193 @@
+//! What the whole stack costs per call on the success path (no-op inner service), next to
+//! the same palisade layers stacked by hand and a hand-stacked tower-resilience 0.13
+//! equivalent (bulkhead, time limiter, circuit breaker, retry).
+//!
+//! Run: `cargo bench --bench stack`. One service driven sequentially on a current-thread
+//! runtime; the time per iteration is the time per call. See `count_instructions` for the
+//! noise-free instruction counts.
+
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use palisade::bulkhead::BulkheadLayer;
+use palisade::circuit_breaker::CircuitBreakerLayer;
+use palisade::classify::{
+    Category, Classification, Classified, SelfClassified, Severity, Transience,
+};
+use palisade::error::ThroughLayers;
+use palisade::policy::{Policies, Policy};
+use palisade::retry::{CloneRequest, RetryLayer};
+use palisade::stack::{ByName, ResilienceLayer};
+use palisade::timeout::TimeoutLayer;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// The no-op's error: never produced.
+#[derive(Clone, Debug)]
+struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+
+impl std::error::Error for Never {}
+
+impl Classified for Never {
+    fn classification(&self) -> Classification {
+        Classification::new(
+            Transience::Transient,
+            Category::System,
+            Severity::Low,
+            "never",
+        )
+    }
+}
+
+type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Never>>>;
+
+fn noop() -> Noop {
+    service_fn(|x: u64| std::future::ready(Ok(x)))
+}
+
+async fn drive<S>(service: &mut S, calls: u64)
+where
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    for i in 0..calls {
+        let ready = service.ready().await.unwrap();
+        black_box(ready.call(black_box(i)).await.unwrap());
+    }
+}
+
+fn sequential<S, F>(c: &mut Criterion, name: &str, make: F)
+where
+    F: Fn() -> S,
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("stack_sequential");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut service = make();
+                drive(&mut service, 1).await;
+                let start = Instant::now();
+                drive(&mut service, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn policies() -> Policies {
+    Policies::from_yaml_str("policies:\n  bench: {}\n").unwrap()
+}
+
+fn whole_stack() -> impl Service<u64, Error = impl Debug> {
+    ResilienceLayer::from_policies(policies(), SelfClassified)
+        .with_replay(CloneRequest)
+        .with_select(ByName::new("bench"))
+        .layer(noop())
+}
+
+fn by_hand() -> impl Service<u64, Error = impl Debug> {
+    let p: Policy = (**policies().for_operation("bench")).clone();
+    ServiceBuilder::new()
+        .layer(BulkheadLayer::unshared("bench", &p.bulkhead))
+        .layer(TimeoutLayer::total_from(&p))
+        .layer(RetryLayer::from_policy(
+            &p,
+            ThroughLayers(ThroughLayers(SelfClassified)),
+        ))
+        .layer(CircuitBreakerLayer::from_policy(
+            &p,
+            ThroughLayers(SelfClassified),
+        ))
+        .layer(TimeoutLayer::attempt_from(&p))
+        .service(noop())
+}
+
+fn tower_resilience() -> impl Service<u64, Error = impl Debug> {
+    ServiceBuilder::new()
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(100)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(Duration::from_secs(30))
+                .build(),
+        )
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(100)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_resilience::retry::RetryLayer::<
+                u64,
+                u64,
+                tower_resilience::timelimiter::TimeLimiterError<Never>,
+            >::builder()
+            .max_attempts(4)
+            .exponential_backoff(Duration::from_millis(100))
+            .build(),
+        )
+        .layer(
+            tower_resilience::timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(Duration::from_secs(10))
+                .build(),
+        )
+        .service(noop())
+}
+
+fn stack(c: &mut Criterion) {
+    sequential(c, "baseline (no layer)", noop);
+    sequential(c, "palisade ResilienceLayer (whole stack)", whole_stack);
+    sequential(c, "palisade layers stacked by hand", by_hand);
+    sequential(c, "tower-resilience stacked by hand", tower_resilience);
+}
+
+/// `STACK_COUNT=<stack|hand|tower-resilience|noop> STACK_CALLS=<n>`: makes `n` sequential
+/// calls and exits, for `valgrind --tool=cachegrind --cache-sim=no`. Two runs with two values
+/// of `n`: the difference in instructions over the difference in calls is one call's cost,
+/// free of the machine's noise.
+fn count_instructions(name: &str, calls: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match name {
+            "stack" => drive(&mut whole_stack(), calls).await,
+            "hand" => drive(&mut by_hand(), calls).await,
+            "tower-resilience" => drive(&mut tower_resilience(), calls).await,
+            _ => drive(&mut noop(), calls).await,
+        }
+    });
+}
+
+criterion_group!(benches, stack);
+
+fn main() {
+    if let (Ok(name), Ok(calls)) = (std::env::var("STACK_COUNT"), std::env::var("STACK_CALLS")) {
+        count_instructions(&name, calls.parse().expect("STACK_CALLS is a number"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

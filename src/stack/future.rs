@@ -1,0 +1,172 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::fallback::{Failure, Fallback};
+use crate::classify::Classify;
+use crate::error::Error;
+
+/// The nested error of an operation's layers, folded into one [`Error`]. A call that failed
+/// on its only attempt comes out as the error it met ([`Error::CircuitOpen`],
+/// [`Error::Timeout`], [`Error::Inner`], ...); one that was retried, or whose retry the budget
+/// refused, as [`Error::Retried`] / [`Error::RetryBudgetExhausted`] around its last attempt's.
+pub trait IntoStackError<E> {
+    /// One level: `Error<E>`.
+    fn into_stack_error(self) -> Error<E>;
+}
+
+impl<E> IntoStackError<E> for Error<Error<Error<Error<Error<E>>>>> {
+    fn into_stack_error(self) -> Error<E> {
+        match self.flatten().flatten().flatten().flatten() {
+            // One attempt and no retry refused by the budget: the retry layer adds nothing a
+            // caller needs, and the error it met is easier to match on its own.
+            Error::Retried(r) if r.attempts == 1 => *r.last,
+            other => other,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Resilience`](super::Resilience): waits for the operation's
+    /// layers to be ready (the bulkhead's permit), calls them, and hands a failure to the
+    /// fallback.
+    ///
+    /// Dropping it at any point drops what it holds: the permit, the call in flight, the
+    /// fallback's future.
+    pub struct ResponseFuture<Svc, Req, C, F, E>
+    where
+        Svc: Service<Req>,
+        F: Fallback<Svc::Response, E>,
+    {
+        #[pin]
+        state: State<Svc, Req, Svc::Future, F::Future, Error<E>>,
+        operation: Arc<str>,
+        classifier: C,
+        fallback: F,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<Svc, Req, SF, FF, Err> {
+        Readying { service: Svc, request: Option<Req> },
+        Called { #[pin] future: SF },
+        Refused { error: Option<Err> },
+        Fallback { #[pin] future: FF },
+    }
+}
+
+impl<Svc, Req, C, F, E> ResponseFuture<Svc, Req, C, F, E>
+where
+    Svc: Service<Req>,
+    F: Fallback<Svc::Response, E>,
+{
+    pub(crate) fn new(
+        service: Svc,
+        request: Req,
+        operation: Arc<str>,
+        classifier: C,
+        fallback: F,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Readying {
+                service,
+                request: Some(request),
+            },
+            operation,
+            classifier,
+            fallback,
+        }
+    }
+
+    pub(crate) fn refused(
+        error: Error<E>,
+        operation: Arc<str>,
+        classifier: C,
+        fallback: F,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Refused { error: Some(error) },
+            operation,
+            classifier,
+            fallback,
+        }
+    }
+}
+
+impl<Svc, Req, C, F, E> std::fmt::Debug for ResponseFuture<Svc, Req, C, F, E>
+where
+    Svc: Service<Req>,
+    F: Fallback<Svc::Response, E>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Readying { .. } => "readying",
+            State::Called { .. } => "called",
+            State::Refused { .. } => "refused",
+            State::Fallback { .. } => "fallback",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("operation", &self.operation)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<Svc, Req, C, F, E> Future for ResponseFuture<Svc, Req, C, F, E>
+where
+    Svc: Service<Req>,
+    Svc::Error: IntoStackError<E>,
+    C: Classify<Svc::Response, E>,
+    F: Fallback<Svc::Response, E>,
+{
+    type Output = Result<Svc::Response, Error<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let error = match this.state.as_mut().project() {
+                StateProj::Readying { service, request } => match ready!(service.poll_ready(cx)) {
+                    Ok(()) => {
+                        let Some(request) = request.take() else {
+                            unreachable!("the request is taken only by the call");
+                        };
+                        let future = service.call(request);
+                        this.state.set(State::Called { future });
+                        continue;
+                    }
+                    Err(e) => e.into_stack_error(),
+                },
+                StateProj::Called { future } => match ready!(future.poll(cx)) {
+                    Ok(response) => return Poll::Ready(Ok(response)),
+                    Err(e) => e.into_stack_error(),
+                },
+                StateProj::Refused { error } => error
+                    .take()
+                    .expect("palisade stack ResponseFuture polled after completion"),
+                StateProj::Fallback { future } => return future.poll(cx),
+            };
+            let classification = match error.last_attempt() {
+                Error::Inner(e) => this.classifier.outcome(Err(e)).classification().cloned(),
+                other => other.layer_classification(),
+            };
+            // Seam for the error-metrics layer (issue 5): this is where the original
+            // classification of a failure answered by a fallback is known.
+            tracing::debug!(
+                operation = %this.operation,
+                code = classification.as_ref().map_or("unclassified", |c| c.code.as_str()),
+                "palisade stack: call failed, asking the fallback"
+            );
+            let future = this.fallback.recover(Failure {
+                operation: this.operation.clone(),
+                error,
+                classification,
+            });
+            this.state.set(State::Fallback { future });
+        }
+    }
+}

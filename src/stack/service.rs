@@ -1,0 +1,193 @@
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use tower_service::Service;
+
+use super::NoReplay;
+use super::breakers::{Breakers, PerOperation};
+use super::fallback::{Fallback, NoFallback};
+use super::future::{IntoStackError, ResponseFuture};
+use super::registry::{Registry, StackHandle};
+use super::select::{ByRequest, SelectOperation};
+use super::table::{OperationService, Table};
+use crate::classify::Classify;
+use crate::error::{Error, OperationDisabled};
+use crate::retry::Replay;
+
+/// A service behind the whole resilience stack, made by
+/// [`ResilienceLayer`](super::ResilienceLayer).
+///
+/// Each call selects its operation from the running policy table, then goes through that
+/// operation's kill switch, bulkhead, total timeout, retry, circuit breaker and attempt
+/// timeout; a failure goes to the fallback, if one is configured.
+///
+/// # Readiness
+///
+/// `poll_ready` is always ready: which bulkhead applies is known only once the request is
+/// seen, so each call waits for its own operation's permit inside the response future
+/// (like tower's `Oneshot`), on its own clone of the operation's layers. A full bulkhead thus
+/// rejects that call, not the whole service, and one operation's waiting never holds up
+/// another's.
+///
+/// # Reloads
+///
+/// A call takes the operation's layers as they are when it starts: a reload never changes
+/// the rules of a call in flight. The first call after a reload (noticed with one atomic
+/// load) rebuilds the operation layers of this service (and of its clones) from the
+/// per-operation state, which the layer's services share.
+///
+/// # Cost
+///
+/// Per call: one lock-free load of the table, the selection (for `http::Request`s an
+/// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
+/// layers (reference counts, and the inner service), and the layers' own costs. No lock, and
+/// no allocation of its own.
+pub struct Resilience<
+    S,
+    C,
+    P = NoReplay,
+    Sel = ByRequest,
+    F = NoFallback,
+    B: Breakers<C> = PerOperation,
+> {
+    shared: Arc<Shared<S, C, P, Sel, F, B>>,
+}
+
+struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
+    registry: Arc<Registry<C, B>>,
+    /// The service every operation's layers are built around, cloned once per operation and
+    /// rebuild. Locked only while rebuilding after a reload.
+    inner: Mutex<S>,
+    table: ArcSwap<Table<S, C, P, B>>,
+    classifier: C,
+    replay: P,
+    select: Sel,
+    fallback: F,
+}
+
+impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
+where
+    S: Clone,
+    C: Clone,
+    P: Clone,
+    B: Breakers<C>,
+{
+    pub(crate) fn new(
+        inner: S,
+        registry: Arc<Registry<C, B>>,
+        classifier: C,
+        replay: P,
+        select: Sel,
+        fallback: F,
+    ) -> Self {
+        let changes = registry.store.subscribe();
+        let states = registry.sync();
+        let table = Table::build(&inner, &states, changes, &classifier, &replay);
+        Resilience {
+            shared: Arc::new(Shared {
+                registry,
+                inner: Mutex::new(inner),
+                table: ArcSwap::from_pointee(table),
+                classifier,
+                replay,
+                select,
+                fallback,
+            }),
+        }
+    }
+
+    /// The per-operation state this service shares with the rest of its layer's services.
+    pub fn handle(&self) -> StackHandle<C, B> {
+        StackHandle {
+            registry: self.shared.registry.clone(),
+        }
+    }
+
+    /// Rebuilds the operation layers after a reload, once for this service and its clones.
+    #[cold]
+    fn refresh(&self) {
+        let shared = &*self.shared;
+        let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !shared.table.load().is_stale() {
+            return; // a clone got here first
+        }
+        // Subscribed before the table is read, so a reload in between is noticed next call.
+        let changes = shared.registry.store.subscribe();
+        let states = shared.registry.sync();
+        let table = Table::build(
+            &*inner,
+            &states,
+            changes,
+            &shared.classifier,
+            &shared.replay,
+        );
+        shared.table.store(Arc::new(table));
+    }
+}
+
+impl<S, C, P, Sel, F, B: Breakers<C>> Clone for Resilience<S, C, P, Sel, F, B> {
+    fn clone(&self) -> Self {
+        Resilience {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, C, P, Sel, F, B: Breakers<C>> std::fmt::Debug for Resilience<S, C, P, Sel, F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resilience")
+            .field("store", &self.shared.registry.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, P, Sel, F, B, Req> Service<Req> for Resilience<S, C, P, Sel, F, B>
+where
+    B: Breakers<C>,
+    OperationService<S, C, P, B>: Service<Req, Response = S::Response> + Clone,
+    <OperationService<S, C, P, B> as Service<Req>>::Error: IntoStackError<S::Error>,
+    S: Service<Req> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+    P: Replay<Req, S::Response> + Clone,
+    Sel: SelectOperation<Req>,
+    F: Fallback<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let mut table = self.shared.table.load();
+        if table.is_stale() {
+            self.refresh();
+            table = self.shared.table.load();
+        }
+        let shared = &*self.shared;
+        let policy = shared.select.select(&table.policies, &request);
+        let stack = table.stack(policy);
+        let operation = stack.policy.name_arc().clone();
+        if !stack.policy.enabled {
+            // The kill switch: refused before any layer or the service is touched.
+            return ResponseFuture::refused(
+                Error::OperationDisabled(OperationDisabled {
+                    operation: operation.clone(),
+                }),
+                operation,
+                shared.classifier.clone(),
+                shared.fallback.clone(),
+            );
+        }
+        ResponseFuture::new(
+            stack.service.clone(),
+            request,
+            operation,
+            shared.classifier.clone(),
+            shared.fallback.clone(),
+        )
+    }
+}

@@ -1,0 +1,138 @@
+//! One service's operation stacks: the layers of every operation, built around clones of the
+//! inner service, in the stack's one documented order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tower_layer::Layer;
+
+use super::breakers::{Breakers, PerOperation};
+use super::registry::{OperationState, States};
+use crate::bulkhead::Bulkhead;
+use crate::error::ThroughLayers;
+use crate::policy::{Policies, Policy};
+use crate::retry::{Retry, RetryLayer};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// The layers one operation's calls go through, outermost first: bulkhead -> total timeout ->
+/// retry -> circuit breaker -> attempt timeout -> the service. This alias (with
+/// the private `OperationStack::build`) is the only place that knows the order.
+///
+/// Correlation and error metrics (issue 5) sit outside [`Resilience`](super::Resilience),
+/// which also holds the kill switch and the fallback; see the [module docs](super).
+pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
+    Timeout<Retry<<B as Breakers<C>>::Service<Timeout<S>>, ThroughLayers<ThroughLayers<C>>, P>>,
+>;
+
+/// One operation of one service: its policy snapshot and its layers.
+pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) service: OperationService<S, C, P, B>,
+}
+
+impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
+    fn build(inner: &S, state: &OperationState<C, B>, classifier: &C, replay: &P) -> Self {
+        let policy = &state.policy;
+        // Innermost first.
+        let attempt = TimeoutLayer::attempt_from(policy).layer(inner.clone());
+        let breaker = B::wrap(&state.breaker, attempt);
+        let retry =
+            RetryLayer::from_policy(policy, ThroughLayers(ThroughLayers(classifier.clone())))
+                .with_replay(replay.clone())
+                .with_budget(state.budget.clone())
+                .layer(breaker);
+        let total = TimeoutLayer::total_from(policy).layer(retry);
+        let service = state.bulkhead.layer(total);
+        OperationStack {
+            policy: policy.clone(),
+            service,
+        }
+    }
+}
+
+/// Every operation's stack for one version of the policy table.
+pub(crate) struct Table<S, C, P, B: Breakers<C>> {
+    pub(crate) policies: Arc<Policies>,
+    /// Fires when the store swaps in another table: this one is then stale.
+    pub(crate) changes: watch::Receiver<Arc<Policies>>,
+    defaults: OperationStack<S, C, P, B>,
+    /// Keyed by the address of the operation's `Arc<Policy>` in `policies`: selection hands
+    /// back that `Arc`, so finding its stack hashes one word instead of a name.
+    operations: HashMap<usize, OperationStack<S, C, P, B>, PtrHash>,
+}
+
+impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
+    pub(crate) fn build(
+        inner: &S,
+        states: &States<C, B>,
+        changes: watch::Receiver<Arc<Policies>>,
+        classifier: &C,
+        replay: &P,
+    ) -> Self {
+        let policies = states.policies.clone();
+        let defaults = OperationStack::build(inner, &states.defaults, classifier, replay);
+        let operations = policies
+            .operations()
+            .filter_map(|p| {
+                let state = states.operations.get(p.name())?;
+                Some((
+                    Arc::as_ptr(p) as usize,
+                    OperationStack::build(inner, state, classifier, replay),
+                ))
+            })
+            .collect();
+        Table {
+            policies,
+            changes,
+            defaults,
+            operations,
+        }
+    }
+}
+
+impl<S, C, P, B: Breakers<C>> Table<S, C, P, B> {
+    /// The stack of a policy selected from this table's `policies`.
+    pub(crate) fn stack(&self, policy: &Arc<Policy>) -> &OperationStack<S, C, P, B> {
+        self.operations
+            .get(&(Arc::as_ptr(policy) as usize))
+            .unwrap_or(&self.defaults)
+    }
+
+    pub(crate) fn is_stale(&self) -> bool {
+        // A closed channel means the store is gone: nothing will change any more.
+        self.changes.has_changed().unwrap_or(false)
+    }
+}
+
+/// Hashes pointers: they are already unique, so a multiply spreads them over the buckets.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PtrHash;
+
+impl std::hash::BuildHasher for PtrHash {
+    type Hasher = PtrHasher;
+
+    fn build_hasher(&self) -> PtrHasher {
+        PtrHasher(0)
+    }
+}
+
+pub(crate) struct PtrHasher(u64);
+
+impl std::hash::Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(26);
+    }
+}

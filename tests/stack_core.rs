@@ -1,0 +1,316 @@
+//! The stack on its own (no network): per-operation isolation, kill switch, fallback,
+//! reloads. Paused clock throughout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use palisade::Error;
+use palisade::circuit_breaker::CircuitState;
+use palisade::classify::SelfClassified;
+use palisade::error::TimeoutKind;
+use palisade::policy::{OperationName, Policies, PolicyStore};
+use palisade::stack::{Failure, ResilienceLayer, fallback_fn};
+use tower::{Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+
+fn request(operation: &str, path: &str) -> http::Request<()> {
+    let mut r = http::Request::get(path).body(()).unwrap();
+    r.extensions_mut().insert(OperationName::new(operation));
+    r
+}
+
+/// `/fail` refuses the connection, `/slow/<ms>` answers after that long, anything else at once.
+fn backend() -> impl Service<
+    http::Request<()>,
+    Response = &'static str,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<&'static str, std::io::Error>> + Send,
+> + Clone
++ Send {
+    service_fn(|req: http::Request<()>| async move {
+        let path = req.uri().path().to_owned();
+        if path == "/fail" {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        }
+        if let Some(ms) = path.strip_prefix("/slow/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        Ok("ok")
+    })
+}
+
+const TABLE: &str = r#"
+defaults:
+  retry: { max_retries: 0 }
+policies:
+  payment_gateway:
+    circuit_breaker: { consecutive_failures: 2, open_timeout: 30s }
+  ledger_read:
+    timeout: { total: 5s, attempt: 5s }
+    bulkhead: { max_concurrent: 1, max_queue: 0 }
+  legacy_export:
+    enabled: false
+  quote:
+    timeout: { total: 5s, attempt: 5s }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn one_operation_failing_never_blocks_another() {
+    let layer =
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+    let handle = layer.handle();
+    let svc = layer.layer(backend());
+
+    for _ in 0..2 {
+        let e = svc
+            .clone()
+            .oneshot(request("payment_gateway", "/fail"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.last_attempt(), Error::Inner(_)), "{e:?}");
+    }
+    assert_eq!(
+        handle.breaker("payment_gateway").unwrap().state(),
+        CircuitState::Open
+    );
+    match svc.clone().oneshot(request("payment_gateway", "/ok")).await {
+        Err(Error::CircuitOpen(open)) => {
+            assert_eq!(&*open.breaker, "payment_gateway");
+            assert_eq!(open.retry_after, Duration::from_secs(30));
+        }
+        other => panic!("expected an open breaker, got {other:?}"),
+    }
+    // Another operation, and the defaults, are untouched.
+    assert_eq!(
+        svc.clone()
+            .oneshot(request("ledger_read", "/ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        svc.clone().oneshot(http::Request::new(())).await.unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        handle.breaker("ledger_read").unwrap().state(),
+        CircuitState::Closed
+    );
+
+    // A full bulkhead of one operation rejects its own calls only.
+    let mut held = svc.clone();
+    let slow = tokio::spawn(held.call(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_eq!(
+        handle.bulkhead("ledger_read").unwrap().available_permits(),
+        0
+    );
+    match svc.clone().oneshot(request("ledger_read", "/ok")).await {
+        Err(Error::BulkheadFull(full)) => assert_eq!(&*full.bulkhead, "ledger_read"),
+        other => panic!("expected a full bulkhead, got {other:?}"),
+    }
+    assert_eq!(
+        svc.clone().oneshot(http::Request::new(())).await.unwrap(),
+        "ok"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(slow.await.unwrap().unwrap(), "ok");
+    assert_eq!(
+        handle.bulkhead("ledger_read").unwrap().available_permits(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_of_one_layer_share_the_operation_state() {
+    // axum's Router::layer builds one service per route: they must share one breaker.
+    let layer =
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+    let a = layer.layer(backend());
+    let b = layer.layer(backend());
+    a.oneshot(request("payment_gateway", "/fail"))
+        .await
+        .unwrap_err();
+    b.clone()
+        .oneshot(request("payment_gateway", "/fail"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        b.oneshot(request("payment_gateway", "/ok")).await,
+        Err(Error::CircuitOpen(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let counting = service_fn(move |_: http::Request<()>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async {
+            Err::<&'static str, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        }
+    });
+    let policies = Policies::from_yaml_str(TABLE).unwrap();
+    let plain =
+        ResilienceLayer::from_policies(policies.clone(), SelfClassified).layer(counting.clone());
+    match plain.oneshot(request("legacy_export", "/x")).await {
+        Err(Error::OperationDisabled(off)) => assert_eq!(&*off.operation, "legacy_export"),
+        other => panic!("expected the kill switch, got {other:?}"),
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let codes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = codes.clone();
+    let degraded = ResilienceLayer::from_policies(policies, SelfClassified)
+        .with_fallback(fallback_fn(move |f: Failure<std::io::Error>| {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push((f.operation.to_string(), f.code().unwrap().to_owned()));
+                match f.code() {
+                    Some("operation_disabled" | "circuit_open") => Ok("cached"),
+                    _ => Err(f.into_error()),
+                }
+            }
+        }))
+        .layer(counting);
+    assert_eq!(
+        degraded
+            .clone()
+            .oneshot(request("legacy_export", "/x"))
+            .await
+            .unwrap(),
+        "cached"
+    );
+    // The service's own failures reach the fallback with their classification; it declines.
+    for _ in 0..2 {
+        let e = degraded
+            .clone()
+            .oneshot(request("payment_gateway", "/x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.last_attempt(), Error::Inner(_)));
+    }
+    // The breaker is now open: the fallback answers.
+    assert_eq!(
+        degraded
+            .oneshot(request("payment_gateway", "/x"))
+            .await
+            .unwrap(),
+        "cached"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *codes.lock().unwrap(),
+        [
+            ("legacy_export".to_owned(), "operation_disabled".to_owned()),
+            (
+                "payment_gateway".to_owned(),
+                "io_connection_refused".to_owned()
+            ),
+            (
+                "payment_gateway".to_owned(),
+                "io_connection_refused".to_owned()
+            ),
+            ("payment_gateway".to_owned(), "circuit_open".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_to_the_next_call_while_calls_in_flight_keep_their_policy() {
+    let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+
+    // Started under a 5 s timeout; takes 2 s.
+    let in_flight = tokio::spawn(svc.clone().oneshot(request("quote", "/slow/2000")));
+    tokio::time::advance(Duration::from_millis(100)).await;
+
+    let report = store
+        .reload_from_str(&TABLE.replace(
+            "quote:\n    timeout: { total: 5s, attempt: 5s }",
+            "quote:\n    timeout: { total: 1s, attempt: 1s }",
+        ))
+        .unwrap();
+    assert_eq!(report.changed, ["quote"]);
+
+    let started = tokio::time::Instant::now();
+    match svc.clone().oneshot(request("quote", "/slow/2000")).await {
+        Err(Error::Timeout(t)) => {
+            assert_eq!(t.limit, Duration::from_secs(1));
+            assert!(matches!(t.kind, TimeoutKind::Total | TimeoutKind::Attempt));
+        }
+        other => panic!("expected the new 1 s timeout, got {other:?}"),
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    // The first call still had its 5 s and finished.
+    assert_eq!(in_flight.await.unwrap().unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_reload_is_rejected_and_the_running_table_stays() {
+    let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+    let err = store
+        .reload_from_str(&TABLE.replace("enabled: false", "enabled: maybe"))
+        .unwrap_err();
+    assert!(err.to_string().contains("enabled"), "{err}");
+    assert!(store.last_error().is_some());
+    assert_eq!(store.generation(), 0);
+    assert!(matches!(
+        svc.oneshot(request("legacy_export", "/x")).await,
+        Err(Error::OperationDisabled(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operations_go() {
+    let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
+    let layer = ResilienceLayer::new(store.clone(), SelfClassified);
+    let handle = layer.handle();
+    let svc = layer.layer(backend());
+    for _ in 0..2 {
+        svc.clone()
+            .oneshot(request("payment_gateway", "/fail"))
+            .await
+            .unwrap_err();
+    }
+    // Spend the gateway's retry budget.
+    let budget = handle.budget("payment_gateway").unwrap();
+    while budget.try_withdraw() {}
+
+    // Only the gateway's timeout changes: its breaker stays open, its budget is the same.
+    let with_timeout = TABLE.replace(
+        "    circuit_breaker: { consecutive_failures: 2, open_timeout: 30s }",
+        "    circuit_breaker: { consecutive_failures: 2, open_timeout: 30s }\n    timeout: { total: 3s }",
+    );
+    store.reload_from_str(&with_timeout).unwrap();
+    assert!(matches!(
+        svc.clone().oneshot(request("payment_gateway", "/ok")).await,
+        Err(Error::CircuitOpen(_))
+    ));
+    assert_eq!(
+        handle.breaker("payment_gateway").unwrap().state(),
+        CircuitState::Open
+    );
+    assert!(
+        !handle.budget("payment_gateway").unwrap().try_withdraw(),
+        "the budget was kept"
+    );
+    assert_eq!(handle.generation(), 1);
+
+    // The operation is removed: its state is dropped, its calls run under the defaults.
+    let without = with_timeout.replace("  payment_gateway:\n", "  other_gateway:\n");
+    let report = store.reload_from_str(&without).unwrap();
+    assert_eq!(report.removed, ["payment_gateway"]);
+    assert!(handle.breaker("payment_gateway").is_none());
+    assert_eq!(
+        svc.oneshot(request("payment_gateway", "/ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+}
