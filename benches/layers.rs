@@ -5,7 +5,8 @@
 //! current-thread runtime; `concurrent_64` drives 64 clones from 64 tasks on a 2-worker
 //! runtime (one iteration is one call by each task, so divide the time by 64 for a call).
 //!
-//! Run: `cargo bench --bench layers`.
+//! Run: `cargo bench -p palisade-benches --bench layers`; instruction counts:
+//! `benches/instructions.sh layers <name>...`.
 //!
 //! Timings on a shared machine are noisy, so the same file also counts instructions, which
 //! noise does not move: with `LAYERS_COUNT=<name>` and `LAYERS_CALLS=<n>` set, it makes `n`
