@@ -28,6 +28,7 @@ use criterion::{Criterion, criterion_group};
 use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 use palisade::classify::Outcome;
 use palisade::policy::{CircuitBreakerPolicy, WindowType};
+use palisade_benches::process_cpu_nanos;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 type Classifier = fn(Result<&u64, &()>) -> Outcome;
@@ -94,17 +95,6 @@ where
             _ => start.elapsed(),
         }
     })
-}
-
-/// CPU time used so far by every thread of this process, in nanoseconds, from
-/// `/proc/self/task/*/schedstat` (Linux); `None` elsewhere.
-fn process_cpu_nanos() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
 }
 
 /// Times `iters` calls shared by 64 tasks on a runtime of `workers` workers, and returns the
