@@ -2,7 +2,7 @@
 //!
 //! - `closed_success/sequential`: one task calling a no-op service through a closed breaker.
 //! - `closed_success/64_tasks_2_workers`: 64 tasks on a 2-worker runtime sharing one breaker.
-//!   Reported as *CPU time per call* (all threads, from `/proc/self/task/*/schedstat`), so it
+//!   Reported as *CPU time per call* (all threads, from `CLOCK_PROCESS_CPUTIME_ID`), so it
 //!   compares with the sequential figure: equal means contention costs nothing.
 //! - `closed_success/64_tasks_1_worker`: the same on one worker, the control: what the task
 //!   machinery costs without any cross-core traffic.
@@ -10,7 +10,7 @@
 //! - `primitives`: a clock read, an `Arc` clone and drop, an atomic add, for scale.
 //!
 //! Every figure is CPU time per call (all threads of the process, from
-//! `/proc/self/task/*/schedstat` on Linux; wall time elsewhere), measured on a tokio worker:
+//! `CLOCK_PROCESS_CPUTIME_ID` on Linux; wall time elsewhere), measured on a tokio worker:
 //! on a machine shared with other work, wall time mostly measures the neighbours.
 //!
 //! Run with `cargo bench -p palisade-benches --bench circuit_breaker`.

@@ -5,7 +5,7 @@
 //! current-thread runtime; `concurrent_64` drives 64 clones from 64 tasks on a 2-worker
 //! runtime (one iteration is one call by each task, so divide the time by 64 for a call).
 //!
-//! Every figure is CPU time (all threads of the process, from `/proc/self/task/*/schedstat`;
+//! Every figure is CPU time (all threads of the process, from `CLOCK_PROCESS_CPUTIME_ID`;
 //! wall time elsewhere): on a machine shared with other builds, wall time mostly measures the
 //! neighbours. For `concurrent_64` it is the CPU time of both workers together.
 //!
