@@ -303,6 +303,15 @@ fn count_instructions(name: &str, calls: u64) {
                 )
                 .await
             }
+            "palisade-timeout-unlisted" => {
+                run(
+                    TimeoutLayer::attempt("bench", &timeout_policy())
+                        .without_in_flight()
+                        .layer(noop()),
+                    calls,
+                )
+                .await
+            }
             "palisade-bulkhead" => {
                 run(
                     BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop()),
