@@ -2,7 +2,7 @@
 //!
 //! - `closed_success/sequential`: one task calling a no-op service through a closed breaker.
 //! - `closed_success/64_tasks_2_workers`: 64 tasks on a 2-worker runtime sharing one breaker.
-//!   Reported as *CPU time per call* (all threads, from `/proc/self/task/*/schedstat`), so it
+//!   Reported as *CPU time per call* (all threads, from `CLOCK_PROCESS_CPUTIME_ID`), so it
 //!   compares with the sequential figure: equal means contention costs nothing.
 //! - `closed_success/64_tasks_1_worker`: the same on one worker, the control: what the task
 //!   machinery costs without any cross-core traffic.
@@ -10,19 +10,25 @@
 //! - `primitives`: a clock read, an `Arc` clone and drop, an atomic add, for scale.
 //!
 //! Every figure is CPU time per call (all threads of the process, from
-//! `/proc/self/task/*/schedstat` on Linux; wall time elsewhere), measured on a tokio worker:
+//! `CLOCK_PROCESS_CPUTIME_ID` on Linux; wall time elsewhere), measured on a tokio worker:
 //! on a machine shared with other work, wall time mostly measures the neighbours.
 //!
-//! Run with `cargo bench --bench circuit_breaker`.
+//! Run with `cargo bench -p palisade-benches --bench circuit_breaker`.
+//!
+//! Instruction counts, which the machine's load does not move: with `BREAKER_COUNT=<name>` and
+//! `BREAKER_CALLS=<n>` set, the binary makes `n` sequential calls through the named service
+//! (see [`count_instructions`]) and exits; `benches/instructions.sh circuit_breaker <name>...`
+//! runs it under cachegrind twice and prints the instructions per call.
 
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 use palisade::classify::Outcome;
 use palisade::policy::{CircuitBreakerPolicy, WindowType};
+use palisade_benches::process_cpu_nanos;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 type Classifier = fn(Result<&u64, &()>) -> Outcome;
@@ -89,17 +95,6 @@ where
             _ => start.elapsed(),
         }
     })
-}
-
-/// CPU time used so far by every thread of this process, in nanoseconds, from
-/// `/proc/self/task/*/schedstat` (Linux); `None` elsewhere.
-fn process_cpu_nanos() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
 }
 
 /// Times `iters` calls shared by 64 tasks on a runtime of `workers` workers, and returns the
@@ -289,4 +284,60 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = closed_success, open_rejection, primitives
 }
-criterion_main!(benches);
+/// Makes `calls` sequential calls through the service named `name`, for instruction counts.
+fn count_instructions(name: &str, calls: u64) {
+    async fn run<S>(mut svc: S, ok: bool, calls: u64)
+    where
+        S: Service<bool>,
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..calls {
+            let r = svc.ready().await.unwrap().call(black_box(ok)).await;
+            black_box(r.is_ok());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match name {
+            "baseline" => run(inner(), true, calls).await,
+            "palisade-time" => run(palisade_breaker(WindowType::Time), true, calls).await,
+            "palisade-count" => run(palisade_breaker(WindowType::Count), true, calls).await,
+            "palisade-open" => {
+                let mut svc = palisade_breaker(WindowType::Time);
+                run(&mut svc, false, 1).await;
+                assert_eq!(svc.handle().state(), CircuitState::Open);
+                run(svc, true, calls).await
+            }
+            "tower-resilience" => {
+                let svc = ServiceBuilder::new()
+                    .layer(resilience_layer())
+                    .service(inner());
+                run(svc, true, calls).await
+            }
+            "tower-resilience-open" => {
+                let mut svc = ServiceBuilder::new()
+                    .layer(resilience_layer())
+                    .service(inner());
+                run(&mut svc, false, 1).await;
+                run(svc, true, calls).await
+            }
+            other => panic!("unknown service `{other}`"),
+        }
+    });
+}
+
+fn main() {
+    if let Ok(name) = std::env::var("BREAKER_COUNT") {
+        let calls = std::env::var("BREAKER_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        count_instructions(&name, calls);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -5,7 +5,12 @@
 //! current-thread runtime; `concurrent_64` drives 64 clones from 64 tasks on a 2-worker
 //! runtime (one iteration is one call by each task, so divide the time by 64 for a call).
 //!
-//! Run: `cargo bench --bench layers`.
+//! Every figure is CPU time (all threads of the process, from `CLOCK_PROCESS_CPUTIME_ID`;
+//! wall time elsewhere): on a machine shared with other builds, wall time mostly measures the
+//! neighbours. For `concurrent_64` it is the CPU time of both workers together.
+//!
+//! Run: `cargo bench -p palisade-benches --bench layers`; instruction counts:
+//! `benches/instructions.sh layers <name>...`.
 //!
 //! Timings on a shared machine are noisy, so the same file also counts instructions, which
 //! noise does not move: with `LAYERS_COUNT=<name>` and `LAYERS_CALLS=<n>` set, it makes `n`
@@ -15,7 +20,7 @@
 
 use std::fmt::Debug;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use palisade::bulkhead::BulkheadLayer;
@@ -25,6 +30,7 @@ use palisade::classify::{
 use palisade::policy::{BulkheadPolicy, RetryPolicy, TimeoutPolicy};
 use palisade::retry::RetryLayer;
 use palisade::timeout::TimeoutLayer;
+use palisade_benches::CpuTimer;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
@@ -85,9 +91,9 @@ where
             rt.block_on(async {
                 let mut service = make();
                 drive(&mut service, 1).await; // warm the per-thread state
-                let start = Instant::now();
+                let start = CpuTimer::start();
                 drive(&mut service, iters).await;
-                start.elapsed()
+                start.elapsed(1)
             })
         })
     });
@@ -109,7 +115,7 @@ where
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let service = make();
-                let start = Instant::now();
+                let start = CpuTimer::start();
                 let tasks: Vec<_> = (0..TASKS)
                     .map(|_| {
                         let mut service = service.clone();
@@ -119,7 +125,7 @@ where
                 for task in tasks {
                     task.await.unwrap();
                 }
-                start.elapsed()
+                start.elapsed(2)
             })
         })
     });
@@ -293,6 +299,15 @@ fn count_instructions(name: &str, calls: u64) {
             "palisade-timeout" => {
                 run(
                     TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop()),
+                    calls,
+                )
+                .await
+            }
+            "palisade-timeout-unlisted" => {
+                run(
+                    TimeoutLayer::attempt("bench", &timeout_policy())
+                        .without_in_flight()
+                        .layer(noop()),
                     calls,
                 )
                 .await

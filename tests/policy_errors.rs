@@ -225,6 +225,29 @@ fn a_zero_limit() {
 }
 
 #[test]
+fn probe_counts_above_what_the_breaker_can_hold() {
+    // The breaker counts probes in 14-bit fields: 16,383 is the most it can honour.
+    for key in ["half_open_max_requests", "success_threshold"] {
+        let i = only(
+            &format!("defaults:\n  circuit_breaker: {{ {key}: 16384 }}\n"),
+            &format!("defaults.circuit_breaker.{key}"),
+        );
+        check(
+            &i,
+            IssueKind::OutOfRange,
+            2,
+            "too large (16384)",
+            "from 1 to 16383",
+        );
+        let yaml = format!("defaults:\n  circuit_breaker: {{ {key}: 16383 }}\n");
+        assert!(
+            palisade::policy::Policies::from_yaml_str(&yaml).is_ok(),
+            "{key}"
+        );
+    }
+}
+
+#[test]
 fn an_absurd_retry_count() {
     let i = only(
         "defaults:\n  retry: { max_retries: 5000 }\n",

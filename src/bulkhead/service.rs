@@ -124,10 +124,40 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A rejection decided by an earlier poll is stale now: look again.
-        if let State::Rejected(_) = self.state {
-            self.state = State::Idle;
+        match self.state {
+            State::Reserved(_) => return self.inner.poll_ready(cx).map_err(Error::Inner),
+            // The hot path, kept straight: a free permit, taken with one compare-and-swap.
+            // (A rejection decided by an earlier poll is stale now: look again.)
+            State::Idle | State::Rejected(_) => {
+                if let Ok(permit) = self.partition.semaphore.clone().try_acquire_owned() {
+                    self.state = State::Reserved(permit);
+                    return self.inner.poll_ready(cx).map_err(Error::Inner);
+                }
+                self.state = State::Idle;
+            }
+            State::Waiting(_) => {}
         }
+        self.poll_ready_slow(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Reserved(permit) => ResponseFuture::called(self.inner.call(request), permit),
+            State::Rejected(reason) => ResponseFuture::rejected(self.rejection(reason)),
+            State::Idle | State::Waiting(_) => {
+                panic!("Bulkhead::call without a successful poll_ready")
+            }
+        }
+    }
+}
+
+impl<S> Bulkhead<S> {
+    /// No free permit: join the queue (or be rejected), or go on waiting in it.
+    #[cold]
+    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error<S::Error>>>
+    where
+        S: Service<Req>,
+    {
         loop {
             match &mut self.state {
                 State::Reserved(_) => return self.inner.poll_ready(cx).map_err(Error::Inner),
@@ -154,16 +184,6 @@ where
                         )),
                     };
                 }
-            }
-        }
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Reserved(permit) => ResponseFuture::called(self.inner.call(request), permit),
-            State::Rejected(reason) => ResponseFuture::rejected(self.rejection(reason)),
-            State::Idle | State::Waiting(_) => {
-                panic!("Bulkhead::call without a successful poll_ready")
             }
         }
     }

@@ -387,9 +387,11 @@ impl Breaker {
         if gen_of(word) != generation {
             return;
         }
+        // A success only needs to know its bucket: `record_time` gives a time in it, and
+        // nothing below reads `now` for anything else.
         let now = match now {
             Some(now) => now,
-            None if self.window.needs_clock() => self.now(),
+            None if self.window.needs_clock() => self.window.record_time(self.base, Instant::now()),
             None => 0,
         };
         self.window.record(now, Sample::SUCCESS, stripe);

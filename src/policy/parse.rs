@@ -501,6 +501,9 @@ const WINDOW_TYPE_NAMES: &[&str] = &["time", "count"];
 /// Upper bounds that catch typos (`max_retries: 3000`) without getting in anyone's way.
 const MAX_RETRIES: u32 = 100;
 const MAX_LIMIT: u32 = 1_000_000;
+/// The circuit breaker keeps probes in flight and probe successes in 14-bit fields of its
+/// state word, so `half_open_max_requests` and `success_threshold` stop at 2^14 - 1.
+const MAX_PROBES: u32 = (1 << 14) - 1;
 
 /// Reads a policy section (`defaults` or `policies.NAME`).
 pub(crate) fn policy_patch(
@@ -642,10 +645,10 @@ fn breaker_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> BreakerPatch {
         p.open_timeout_max = r.duration(n, &s.child("open_timeout_max"), false);
     }
     if let Some(n) = s.take("half_open_max_requests") {
-        p.half_open_max_requests = r.count(n, &s.child("half_open_max_requests"), 1, MAX_LIMIT);
+        p.half_open_max_requests = r.count(n, &s.child("half_open_max_requests"), 1, MAX_PROBES);
     }
     if let Some(n) = s.take("success_threshold") {
-        p.success_threshold = r.count(n, &s.child("success_threshold"), 1, MAX_LIMIT);
+        p.success_threshold = r.count(n, &s.child("success_threshold"), 1, MAX_PROBES);
     }
     if let Some(n) = s.take("half_open_max_duration") {
         p.half_open_max_duration = r.duration(n, &s.child("half_open_max_duration"), false);
