@@ -24,81 +24,13 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use palisade::bulkhead::BulkheadLayer;
-use palisade::classify::{
-    Category, Classification, Classified, SelfClassified, Severity, Transience,
-};
+use palisade::classify::SelfClassified;
 use palisade::policy::{BulkheadPolicy, RetryPolicy, TimeoutPolicy};
 use palisade::retry::RetryLayer;
 use palisade::timeout::TimeoutLayer;
-use palisade_benches::CpuTimer;
+use palisade_benches::{CpuTimer, Never, drive, noop, sequential};
 use tokio::runtime::Runtime;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
-
-/// The no-op's error: never produced.
-#[derive(Clone, Debug)]
-struct Never;
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("never")
-    }
-}
-
-impl std::error::Error for Never {}
-
-impl Classified for Never {
-    fn classification(&self) -> Classification {
-        Classification::new(
-            Transience::Transient,
-            Category::System,
-            Severity::Low,
-            "never",
-        )
-    }
-}
-
-type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Never>>>;
-
-fn noop() -> Noop {
-    service_fn(|x: u64| std::future::ready(Ok(x)))
-}
-
-async fn drive<S>(service: &mut S, calls: u64)
-where
-    S: Service<u64>,
-    S::Error: Debug,
-{
-    for i in 0..calls {
-        let ready = service.ready().await.unwrap();
-        black_box(ready.call(black_box(i)).await.unwrap());
-    }
-}
-
-fn sequential<S, F>(c: &mut Criterion, name: &str, make: F)
-where
-    F: Fn() -> S,
-    S: Service<u64>,
-    S::Error: Debug,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut group = c.benchmark_group("sequential");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut service = make();
-                drive(&mut service, 1).await; // warm the per-thread state
-                let start = CpuTimer::start();
-                drive(&mut service, iters).await;
-                start.elapsed(1)
-            })
-        })
-    });
-    group.finish();
-}
+use tower::{Layer, Service, ServiceBuilder, service_fn};
 
 const TASKS: u64 = 64;
 
@@ -166,32 +98,38 @@ fn tr_bulkhead() -> tower_resilience::bulkhead::BulkheadLayer {
 
 fn layers(c: &mut Criterion) {
     // Sequential: one service, one thread.
-    sequential(c, "baseline (no layer)", noop);
+    sequential(c, "sequential", "baseline (no layer)", noop);
     // What one read of tokio's clock costs in this build: dev-dependencies turn on tokio's
     // `test-util`, whose clock takes a mutex on every read (a release build of an
     // application without `test-util` reads the OS clock directly).
-    sequential(c, "reference: one tokio clock read", || {
+    sequential(c, "sequential", "reference: one tokio clock read", || {
         service_fn(|x: u64| {
             black_box(tokio::time::Instant::now());
             std::future::ready(Ok::<_, Never>(x))
         })
     });
-    sequential(c, "palisade retry", || {
+    sequential(c, "sequential", "palisade retry", || {
         RetryLayer::new("bench", retry_policy(), SelfClassified).layer(noop())
     });
-    sequential(c, "palisade timeout", || {
+    sequential(c, "sequential", "palisade timeout", || {
         TimeoutLayer::attempt("bench", &timeout_policy()).layer(noop())
     });
-    sequential(c, "palisade timeout (no in-flight list)", || {
-        TimeoutLayer::attempt("bench", &timeout_policy())
-            .without_in_flight()
-            .layer(noop())
-    });
-    sequential(c, "palisade bulkhead", || {
+    sequential(
+        c,
+        "sequential",
+        "palisade timeout (no in-flight list)",
+        || {
+            TimeoutLayer::attempt("bench", &timeout_policy())
+                .without_in_flight()
+                .layer(noop())
+        },
+    );
+    sequential(c, "sequential", "palisade bulkhead", || {
         BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop())
     });
     sequential(
         c,
+        "sequential",
         "palisade stack (total, retry, attempt, bulkhead)",
         || {
             ServiceBuilder::new()
@@ -206,17 +144,19 @@ fn layers(c: &mut Criterion) {
                 .service(noop())
         },
     );
-    sequential(c, "tower timeout", || {
+    sequential(c, "sequential", "tower timeout", || {
         tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop())
     });
-    sequential(c, "tower concurrency_limit", || {
+    sequential(c, "sequential", "tower concurrency_limit", || {
         tower::limit::ConcurrencyLimitLayer::new(100).layer(noop())
     });
-    sequential(c, "tower-resilience retry", || tr_retry().layer(noop()));
-    sequential(c, "tower-resilience timelimiter", || {
+    sequential(c, "sequential", "tower-resilience retry", || {
+        tr_retry().layer(noop())
+    });
+    sequential(c, "sequential", "tower-resilience timelimiter", || {
         tr_timelimiter().layer(noop())
     });
-    sequential(c, "tower-resilience bulkhead", || {
+    sequential(c, "sequential", "tower-resilience bulkhead", || {
         tr_bulkhead().layer(noop())
     });
 

@@ -1,7 +1,13 @@
 //! What palisade's criterion benches share (the benches are this package's targets; see
 //! `Cargo.toml` for why they are a package of their own).
 
+use std::fmt::Debug;
+use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use palisade::classify::{Category, Classification, Classified, Severity, Transience};
+use tower::{Service, ServiceExt, service_fn};
 
 /// CPU time used so far by every thread of this process, in nanoseconds
 /// (`CLOCK_PROCESS_CPUTIME_ID`, which the kernel brings up to date when read, unlike
@@ -54,4 +60,75 @@ impl CpuTimer {
             _ => self.wall.elapsed() * threads,
         }
     }
+}
+
+/// The no-op service's error: never produced.
+#[derive(Clone, Debug)]
+pub struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+
+impl std::error::Error for Never {}
+
+impl Classified for Never {
+    fn classification(&self) -> Classification {
+        Classification::new(
+            Transience::Transient,
+            Category::System,
+            Severity::Low,
+            "never",
+        )
+    }
+}
+
+/// The inner service of every bench: answers its request at once.
+pub type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Never>>>;
+
+/// A fresh no-op service.
+pub fn noop() -> Noop {
+    service_fn(|x: u64| std::future::ready(Ok(x)))
+}
+
+/// Makes `calls` calls through `service`, one after the other.
+pub async fn drive<S>(service: &mut S, calls: u64)
+where
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    for i in 0..calls {
+        let ready = service.ready().await.unwrap();
+        black_box(ready.call(black_box(i)).await.unwrap());
+    }
+}
+
+/// Benches sequential calls through one service built by `make`, on a current-thread runtime,
+/// timed in process CPU time.
+pub fn sequential<S, F>(c: &mut Criterion, group: &str, name: &str, make: F)
+where
+    F: Fn() -> S,
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group(group);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut service = make();
+                drive(&mut service, 1).await; // warm the per-thread state
+                let start = CpuTimer::start();
+                drive(&mut service, iters).await;
+                start.elapsed(1)
+            })
+        })
+    });
+    group.finish();
 }

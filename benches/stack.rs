@@ -7,87 +7,19 @@
 //! noise-free instruction counts.
 
 use std::fmt::Debug;
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::{Criterion, criterion_group};
 use palisade::bulkhead::BulkheadLayer;
 use palisade::circuit_breaker::CircuitBreakerLayer;
-use palisade::classify::{
-    Category, Classification, Classified, SelfClassified, Severity, Transience,
-};
+use palisade::classify::SelfClassified;
 use palisade::error::ThroughLayers;
 use palisade::policy::{Policies, Policy};
 use palisade::retry::{CloneRequest, RetryLayer};
 use palisade::stack::{ByName, ResilienceLayer};
 use palisade::timeout::TimeoutLayer;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
-
-/// The no-op's error: never produced.
-#[derive(Clone, Debug)]
-struct Never;
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("never")
-    }
-}
-
-impl std::error::Error for Never {}
-
-impl Classified for Never {
-    fn classification(&self) -> Classification {
-        Classification::new(
-            Transience::Transient,
-            Category::System,
-            Severity::Low,
-            "never",
-        )
-    }
-}
-
-type Noop = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Never>>>;
-
-fn noop() -> Noop {
-    service_fn(|x: u64| std::future::ready(Ok(x)))
-}
-
-async fn drive<S>(service: &mut S, calls: u64)
-where
-    S: Service<u64>,
-    S::Error: Debug,
-{
-    for i in 0..calls {
-        let ready = service.ready().await.unwrap();
-        black_box(ready.call(black_box(i)).await.unwrap());
-    }
-}
-
-fn sequential<S, F>(c: &mut Criterion, name: &str, make: F)
-where
-    F: Fn() -> S,
-    S: Service<u64>,
-    S::Error: Debug,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut group = c.benchmark_group("stack_sequential");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut service = make();
-                drive(&mut service, 1).await;
-                let start = Instant::now();
-                drive(&mut service, iters).await;
-                start.elapsed()
-            })
-        })
-    });
-    group.finish();
-}
+use palisade_benches::{Never, drive, noop, sequential};
+use tower::{Layer, Service, ServiceBuilder};
 
 fn policies() -> Policies {
     Policies::from_yaml_str("policies:\n  bench: {}\n").unwrap()
@@ -156,10 +88,25 @@ fn tower_resilience() -> impl Service<u64, Error = impl Debug> {
 }
 
 fn stack(c: &mut Criterion) {
-    sequential(c, "baseline (no layer)", noop);
-    sequential(c, "palisade ResilienceLayer (whole stack)", whole_stack);
-    sequential(c, "palisade layers stacked by hand", by_hand);
-    sequential(c, "tower-resilience stacked by hand", tower_resilience);
+    sequential(c, "stack_sequential", "baseline (no layer)", noop);
+    sequential(
+        c,
+        "stack_sequential",
+        "palisade ResilienceLayer (whole stack)",
+        whole_stack,
+    );
+    sequential(
+        c,
+        "stack_sequential",
+        "palisade layers stacked by hand",
+        by_hand,
+    );
+    sequential(
+        c,
+        "stack_sequential",
+        "tower-resilience stacked by hand",
+        tower_resilience,
+    );
 }
 
 /// `STACK_COUNT=<stack|hand|tower-resilience|noop> STACK_CALLS=<n>`: makes `n` sequential
