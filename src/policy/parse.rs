@@ -505,6 +505,16 @@ const MAX_LIMIT: u32 = 1_000_000;
 /// state word, so `half_open_max_requests` and `success_threshold` stop at 2^14 - 1.
 const MAX_PROBES: u32 = (1 << 14) - 1;
 
+/// Reads key `field` of section `s` with reader method `read` (and its extra arguments) into
+/// `patch.field`, when the section has it: one line per key.
+macro_rules! read {
+    ($s:ident, $r:ident, $patch:ident . $field:ident = $read:ident($($arg:expr),*)) => {
+        if let Some(n) = $s.take(stringify!($field)) {
+            $patch.$field = $r.$read(n, &$s.child(stringify!($field)) $(, $arg)*);
+        }
+    };
+}
+
 /// Reads a policy section (`defaults` or `policies.NAME`).
 pub(crate) fn policy_patch(
     node: &Node,
@@ -519,9 +529,7 @@ pub(crate) fn policy_patch(
     };
     let mut r = Reader { issues, section };
 
-    if let Some(n) = s.take("enabled") {
-        patch.enabled = r.boolean(n, &s.child("enabled"));
-    }
+    read!(s, r, patch.enabled = boolean());
     if allow_extends && let Some(n) = s.take("extends") {
         patch.extends = r.string(n, &s.child("extends"));
     }
@@ -546,12 +554,8 @@ fn timeout_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> TimeoutPatch {
     let Some(mut s) = Section::open(node, path, r.issues) else {
         return p;
     };
-    if let Some(n) = s.take("total") {
-        p.total = r.duration(n, &s.child("total"), false);
-    }
-    if let Some(n) = s.take("attempt") {
-        p.attempt = r.duration(n, &s.child("attempt"), false);
-    }
+    read!(s, r, p.total = duration(false));
+    read!(s, r, p.attempt = duration(false));
     s.finish(r.issues);
     p
 }
@@ -562,24 +566,12 @@ fn retry_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> (RetryPatch, Budg
     let Some(mut s) = Section::open(node, path, r.issues) else {
         return (p, b);
     };
-    if let Some(n) = s.take("max_retries") {
-        p.max_retries = r.count(n, &s.child("max_retries"), 0, MAX_RETRIES);
-    }
-    if let Some(n) = s.take("base_delay") {
-        p.base_delay = r.duration(n, &s.child("base_delay"), false);
-    }
-    if let Some(n) = s.take("max_delay") {
-        p.max_delay = r.duration(n, &s.child("max_delay"), false);
-    }
-    if let Some(n) = s.take("multiplier") {
-        p.multiplier = r.number(n, &s.child("multiplier"), 1.0, false, 100.0);
-    }
-    if let Some(n) = s.take("jitter") {
-        p.jitter = r.label(n, &s.child("jitter"), JITTER_NAMES);
-    }
-    if let Some(n) = s.take("retry_unknown") {
-        p.retry_unknown = r.boolean(n, &s.child("retry_unknown"));
-    }
+    read!(s, r, p.max_retries = count(0, MAX_RETRIES));
+    read!(s, r, p.base_delay = duration(false));
+    read!(s, r, p.max_delay = duration(false));
+    read!(s, r, p.multiplier = number(1.0, false, 100.0));
+    read!(s, r, p.jitter = label(JITTER_NAMES));
+    read!(s, r, p.retry_unknown = boolean());
     if let Some(n) = s.take("budget") {
         b = budget_patch(n, &s.child("budget"), r);
     }
@@ -592,18 +584,10 @@ fn budget_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> BudgetPatch {
     let Some(mut s) = Section::open(node, path, r.issues) else {
         return p;
     };
-    if let Some(n) = s.take("enabled") {
-        p.enabled = r.boolean(n, &s.child("enabled"));
-    }
-    if let Some(n) = s.take("ratio") {
-        p.ratio = r.number(n, &s.child("ratio"), 0.0, false, 1.0);
-    }
-    if let Some(n) = s.take("min_per_second") {
-        p.min_per_second = r.count(n, &s.child("min_per_second"), 0, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("window") {
-        p.window = r.duration(n, &s.child("window"), false);
-    }
+    read!(s, r, p.enabled = boolean());
+    read!(s, r, p.ratio = number(0.0, false, 1.0));
+    read!(s, r, p.min_per_second = count(0, MAX_LIMIT));
+    read!(s, r, p.window = duration(false));
     s.finish(r.issues);
     p
 }
@@ -613,52 +597,21 @@ fn breaker_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> BreakerPatch {
     let Some(mut s) = Section::open(node, path, r.issues) else {
         return p;
     };
-    if let Some(n) = s.take("enabled") {
-        p.enabled = r.boolean(n, &s.child("enabled"));
-    }
-    if let Some(n) = s.take("failure_rate") {
-        p.failure_rate = r.number(n, &s.child("failure_rate"), 0.0, true, 1.0);
-    }
-    if let Some(n) = s.take("consecutive_failures") {
-        p.consecutive_failures = r.count(n, &s.child("consecutive_failures"), 0, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("minimum_calls") {
-        p.minimum_calls = r.count(n, &s.child("minimum_calls"), 1, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("window") {
-        p.window = r.duration(n, &s.child("window"), false);
-    }
-    if let Some(n) = s.take("window_type") {
-        p.window_type = r.label(n, &s.child("window_type"), WINDOW_TYPE_NAMES);
-    }
-    if let Some(n) = s.take("window_size") {
-        p.window_size = r.count(n, &s.child("window_size"), 1, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("open_timeout") {
-        p.open_timeout = r.duration(n, &s.child("open_timeout"), false);
-    }
-    if let Some(n) = s.take("open_timeout_multiplier") {
-        p.open_timeout_multiplier =
-            r.number(n, &s.child("open_timeout_multiplier"), 1.0, false, 100.0);
-    }
-    if let Some(n) = s.take("open_timeout_max") {
-        p.open_timeout_max = r.duration(n, &s.child("open_timeout_max"), false);
-    }
-    if let Some(n) = s.take("half_open_max_requests") {
-        p.half_open_max_requests = r.count(n, &s.child("half_open_max_requests"), 1, MAX_PROBES);
-    }
-    if let Some(n) = s.take("success_threshold") {
-        p.success_threshold = r.count(n, &s.child("success_threshold"), 1, MAX_PROBES);
-    }
-    if let Some(n) = s.take("half_open_max_duration") {
-        p.half_open_max_duration = r.duration(n, &s.child("half_open_max_duration"), false);
-    }
-    if let Some(n) = s.take("slow_call_duration") {
-        p.slow_call_duration = r.optional_duration(n, &s.child("slow_call_duration"));
-    }
-    if let Some(n) = s.take("slow_call_rate") {
-        p.slow_call_rate = r.number(n, &s.child("slow_call_rate"), 0.0, true, 1.0);
-    }
+    read!(s, r, p.enabled = boolean());
+    read!(s, r, p.failure_rate = number(0.0, true, 1.0));
+    read!(s, r, p.consecutive_failures = count(0, MAX_LIMIT));
+    read!(s, r, p.minimum_calls = count(1, MAX_LIMIT));
+    read!(s, r, p.window = duration(false));
+    read!(s, r, p.window_type = label(WINDOW_TYPE_NAMES));
+    read!(s, r, p.window_size = count(1, MAX_LIMIT));
+    read!(s, r, p.open_timeout = duration(false));
+    read!(s, r, p.open_timeout_multiplier = number(1.0, false, 100.0));
+    read!(s, r, p.open_timeout_max = duration(false));
+    read!(s, r, p.half_open_max_requests = count(1, MAX_PROBES));
+    read!(s, r, p.success_threshold = count(1, MAX_PROBES));
+    read!(s, r, p.half_open_max_duration = duration(false));
+    read!(s, r, p.slow_call_duration = optional_duration());
+    read!(s, r, p.slow_call_rate = number(0.0, true, 1.0));
     s.finish(r.issues);
     p
 }
@@ -668,15 +621,9 @@ fn bulkhead_patch(node: &Node, path: &str, r: &mut Reader<'_>) -> BulkheadPatch 
     let Some(mut s) = Section::open(node, path, r.issues) else {
         return p;
     };
-    if let Some(n) = s.take("max_concurrent") {
-        p.max_concurrent = r.count(n, &s.child("max_concurrent"), 1, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("max_queue") {
-        p.max_queue = r.count(n, &s.child("max_queue"), 0, MAX_LIMIT);
-    }
-    if let Some(n) = s.take("max_wait") {
-        p.max_wait = r.duration(n, &s.child("max_wait"), true);
-    }
+    read!(s, r, p.max_concurrent = count(1, MAX_LIMIT));
+    read!(s, r, p.max_queue = count(0, MAX_LIMIT));
+    read!(s, r, p.max_wait = duration(true));
     if let Some(n) = s.take("partition") {
         p.partition = r.string(n, &s.child("partition")).map(|set| Set {
             value: Arc::from(set.value),
