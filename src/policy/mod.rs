@@ -5,7 +5,7 @@
 //! does not say it inherits, field by field, from the policy it `extends`, then from
 //! `defaults`, then from palisade's built-in defaults. `routes` maps requests to operations,
 //! and `error_codes` holds tables of a service's own error codes
-//! ([`CodeTable`](crate::classify::CodeTable)).
+//! ([`CodeTable`]).
 //!
 //! ```yaml
 //! defaults:
