@@ -1,8 +1,6 @@
 //! Proof that the closed-state success path and the open-state rejection allocate nothing: a
 //! counting global allocator, counting only on the test's own thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use palisade::Error;
@@ -11,42 +9,11 @@ use palisade::classify::Outcome;
 use palisade::policy::{CircuitBreakerPolicy, WindowType};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: defers every operation to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // `try_with`: the thread-locals may be gone while a thread shuts down.
-        let _ = COUNTING.try_with(|on| {
-            if on.get() {
-                ALLOCATIONS.with(|n| n.set(n.get() + 1));
-            }
-        });
-        // SAFETY: same layout, same contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: allocated by `System` above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations_during(f: impl FnOnce()) -> u64 {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    ALLOCATIONS.with(|n| n.get())
-}
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 type Classifier = fn(Result<&(), &()>) -> Outcome;
 
@@ -77,7 +44,7 @@ fn policies() -> Vec<(&'static str, CircuitBreakerPolicy)> {
 #[test]
 fn the_counter_sees_allocations() {
     assert_eq!(
-        allocations_during(|| drop(std::hint::black_box(Box::new(7u64)))),
+        counting_alloc::during(|| drop(std::hint::black_box(Box::new(7u64)))),
         1
     );
 }
@@ -96,7 +63,7 @@ fn closed_success_path_allocates_nothing() {
             for _ in 0..10 {
                 svc.ready().await.unwrap().call(()).await.unwrap();
             }
-            let n = allocations_during(|| {
+            let n = counting_alloc::during(|| {
                 futures_lite_block(async {
                     for _ in 0..10_000 {
                         svc.ready().await.unwrap().call(()).await.unwrap();
@@ -128,7 +95,7 @@ fn open_rejection_allocates_nothing() {
     rt.block_on(async {
         assert!(svc.ready().await.unwrap().call(false).await.is_err());
         assert_eq!(handle.state(), CircuitState::Open);
-        let n = allocations_during(|| {
+        let n = counting_alloc::during(|| {
             futures_lite_block(async {
                 for _ in 0..10_000 {
                     let r = svc.ready().await.unwrap().call(true).await;

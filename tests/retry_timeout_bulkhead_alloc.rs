@@ -3,9 +3,6 @@
 //! counted (the runtime is current-thread, so every layer runs there): the test harness's own
 //! threads may allocate at any time.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use palisade::bulkhead::BulkheadLayer;
 use palisade::classify::{
     Category, Classification, Classified, SelfClassified, Severity, Transience,
@@ -16,44 +13,11 @@ use palisade::retry::RetryLayer;
 use palisade::timeout::TimeoutLayer;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the allocator may run while thread-locals are being torn down.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 #[derive(Debug)]
 struct Never;
@@ -76,14 +40,12 @@ where
     S::Error: std::fmt::Debug,
 {
     service.ready().await.unwrap().call(0).await.unwrap();
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
+    counting_alloc::start();
     for i in 0..calls {
         let ready = service.ready().await.unwrap();
         std::hint::black_box(ready.call(i).await.unwrap());
     }
-    COUNTING.with(|on| on.set(false));
-    ALLOCATIONS.with(Cell::get)
+    counting_alloc::stop() as usize
 }
 
 #[test]

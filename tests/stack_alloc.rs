@@ -1,10 +1,6 @@
 //! Proof that the whole stack (`ResilienceLayer`: selection, kill switch, bulkhead, total
 //! timeout, retry, circuit breaker, attempt timeout) allocates nothing per call on the success
-//! path. One test per binary, so no other test allocates while this one counts.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! path. Only the test's own thread is counted (tests/support/counting_alloc.rs).
 
 use palisade::classify::{
     Category, Classification, Classified, SelfClassified, Severity, Transience,
@@ -14,47 +10,11 @@ use palisade::retry::CloneRequest;
 use palisade::stack::{ByName, ResilienceLayer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // Only the test's own thread counts (its current-thread runtime runs every call), so the
-    // test harness's other threads cannot add to the count. Const-initialised and without a
-    // destructor: reading it never allocates.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counting() -> bool {
-    COUNTING.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every method forwards to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counting() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counting() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 #[derive(Debug)]
 struct Never;
@@ -77,14 +37,12 @@ where
     S::Error: std::fmt::Debug,
 {
     service.ready().await.unwrap().call(make(0)).await.unwrap();
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
+    counting_alloc::start();
     for i in 0..calls {
         let ready = service.ready().await.unwrap();
         std::hint::black_box(ready.call(make(i)).await.unwrap());
     }
-    COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::SeqCst)
+    counting_alloc::stop() as usize
 }
 
 #[test]
