@@ -330,14 +330,5 @@ fn count_instructions(name: &str, calls: u64) {
 }
 
 fn main() {
-    if let Ok(name) = std::env::var("BREAKER_COUNT") {
-        let calls = std::env::var("BREAKER_CALLS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1000);
-        count_instructions(&name, calls);
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    palisade_benches::bench_main("BREAKER", count_instructions, benches);
 }

@@ -292,14 +292,5 @@ fn count_instructions(name: &str, calls: u64) {
 }
 
 fn main() {
-    if let Ok(name) = std::env::var("LAYERS_COUNT") {
-        let calls = std::env::var("LAYERS_CALLS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1000);
-        count_instructions(&name, calls);
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    palisade_benches::bench_main("LAYERS", count_instructions, benches);
 }

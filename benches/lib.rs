@@ -132,3 +132,20 @@ where
     });
     group.finish();
 }
+
+/// A bench binary's `main`: with `{prefix}_COUNT=<name>` set, makes `{prefix}_CALLS`
+/// (default 1,000) calls through the named service with `count` and exits, for
+/// `valgrind --tool=cachegrind` (see `instructions.sh`); otherwise runs the criterion groups
+/// in `benches`.
+pub fn bench_main(prefix: &str, count: impl FnOnce(&str, u64), benches: impl FnOnce()) {
+    if let Ok(name) = std::env::var(format!("{prefix}_COUNT")) {
+        let calls = std::env::var(format!("{prefix}_CALLS"))
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        count(&name, calls);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -131,10 +131,5 @@ fn count_instructions(name: &str, calls: u64) {
 criterion_group!(benches, stack);
 
 fn main() {
-    if let (Ok(name), Ok(calls)) = (std::env::var("STACK_COUNT"), std::env::var("STACK_CALLS")) {
-        count_instructions(&name, calls.parse().expect("STACK_CALLS is a number"));
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    palisade_benches::bench_main("STACK", count_instructions, benches);
 }
