@@ -334,14 +334,9 @@ impl Breaker {
         if gen_of(word) != generation {
             return;
         }
-        // A success only needs to know its bucket: `record_time` gives a time in it, and
-        // nothing below reads `now` for anything else.
-        let now = match now {
-            Some(now) => now,
-            None if self.window.needs_clock() => self.window.record_time(self.base, Instant::now()),
-            None => 0,
-        };
-        self.window.record(now, Sample::SUCCESS, stripe);
+        // A success only needs to know its bucket: the window reads the clock only if it is a
+        // time window, and then only to find the bucket.
+        self.window.record_success(self.base, now, stripe);
         if count_of(word) != 0 {
             self.clear_consecutive(word, generation);
         }

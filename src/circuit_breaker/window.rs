@@ -133,15 +133,19 @@ impl Window {
         !self.counting()
     }
 
-    /// A time to record a success at `now` with: `now` in nanoseconds since `base`, or the
-    /// start of the bucket `now` falls in, which records into the same bucket. Only a time
-    /// window needs it; see [`TimeWindow::bucket_time`].
+    /// Records a plain success: the hot path, which reads the window's kind once. `now` is the
+    /// time in nanoseconds since `base` if the caller has read the clock already; a time
+    /// window reads it otherwise, a count window never.
     #[inline]
-    pub(crate) fn record_time(&self, base: Instant, now: Instant) -> u64 {
+    pub(crate) fn record_success(&self, base: Instant, now: Option<u64>, stripe: usize) {
         if self.counting() {
-            0
+            self.count.record(Sample::SUCCESS)
         } else {
-            self.time.bucket_time(base, now)
+            let now = match now {
+                Some(now) => now,
+                None => self.time.bucket_time(base, Instant::now()),
+            };
+            self.time.record(now, Sample::SUCCESS, stripe)
         }
     }
 
@@ -404,48 +408,40 @@ const SLOW: u8 = 4;
 const COUNT_BITS: u32 = 21;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
-/// The ring's first segment holds this many calls; segment `k` holds `SEGMENT << k`.
-const SEGMENT: u64 = 64;
-/// Enough segments for a ring of `COUNT_MASK` calls.
-const SEGMENTS: usize = 15;
-
-/// The segment and the offset in it of ring slot `index`.
-#[inline]
-fn segment_of(index: u64) -> (usize, usize) {
-    let j = index / SEGMENT + 1;
-    let k = 63 - j.leading_zeros();
-    (k as usize, (index - SEGMENT * ((1 << k) - 1)) as usize)
-}
+/// The smallest growth segment of a count window's ring.
+const MIN_GROWTH: u64 = 64;
+/// Enough growth segments, doubling from [`MIN_GROWTH`], for a ring of `COUNT_MASK` calls.
+const GROWTH_SEGMENTS: usize = 16;
 
 /// The last `len` calls, in a ring of one byte per call, with running sums.
 ///
 /// A writer takes the next slot with `fetch_add`, and only writes the slot and the sums when
 /// the sample it replaces differs (never, in a healthy steady state).
 ///
-/// The ring is cut into segments of growing size, each allocated once and kept until the
-/// window is dropped, so that a reconfiguration can lengthen it while calls write to it (a
-/// slot, once allocated, never moves or goes away).
+/// The ring is the slots built with the window, then growth segments of doubling size, each
+/// allocated once when a reconfiguration first lengthens the ring that far, and kept until the
+/// window is dropped: a slot never moves or goes away while a call may write to it. A ring
+/// never lengthened is only the first slots, and a call pays one comparison for the rest.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     next: AtomicU64,
     len: AtomicU64,
-    segments: [OnceLock<Box<[AtomicU8]>>; SEGMENTS],
+    first: Box<[AtomicU8]>,
+    growth: [OnceLock<Box<[AtomicU8]>>; GROWTH_SEGMENTS],
     sums: AtomicU64,
 }
 
 impl CountWindow {
     /// A ring of `size` calls; 0 allocates nothing (a time window that may switch later).
     pub(crate) fn new(size: u32) -> Self {
-        let w = CountWindow {
+        let first = if size == 0 { 0 } else { Self::len_of(size) };
+        CountWindow {
             next: AtomicU64::new(0),
-            len: AtomicU64::new(0),
-            segments: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicU64::new(first),
+            first: (0..first).map(|_| AtomicU8::new(EMPTY)).collect(),
+            growth: std::array::from_fn(|_| OnceLock::new()),
             sums: AtomicU64::new(0),
-        };
-        if size > 0 {
-            w.resize(size);
         }
-        w
     }
 
     /// The ring length a `window_size` of `size` gives.
@@ -454,16 +450,33 @@ impl CountWindow {
     }
 
     /// The ring's length.
+    #[inline]
     pub(crate) fn len(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// The size of the first growth segment.
+    fn growth_base(&self) -> u64 {
+        (self.first.len() as u64).max(MIN_GROWTH)
+    }
+
+    /// The growth segment and the offset in it of ring slot `index`, which is past `first`.
+    fn growth_of(&self, index: u64) -> (usize, usize) {
+        let base = self.growth_base();
+        let past = index - self.first.len() as u64;
+        let k = 63 - (past / base + 1).leading_zeros();
+        (k as usize, (past - base * ((1 << k) - 1)) as usize)
     }
 
     /// Empties the ring and makes it `size` calls long, allocating what it lacks.
     pub(crate) fn resize(&self, size: u32) {
         let len = Self::len_of(size);
-        let (last, _) = segment_of(len - 1);
-        for (k, segment) in self.segments.iter().enumerate().take(last + 1) {
-            segment.get_or_init(|| (0..SEGMENT << k).map(|_| AtomicU8::new(EMPTY)).collect());
+        if len > self.first.len() as u64 {
+            let (last, _) = self.growth_of(len - 1);
+            let base = self.growth_base();
+            for (k, segment) in self.growth.iter().enumerate().take(last + 1) {
+                segment.get_or_init(|| (0..base << k).map(|_| AtomicU8::new(EMPTY)).collect());
+            }
         }
         // Empty the longer of the two rings, so a later lengthening finds clean slots.
         let old = self.len();
@@ -473,8 +486,16 @@ impl CountWindow {
 
     #[inline]
     fn slot(&self, index: u64) -> Option<&AtomicU8> {
-        let (k, offset) = segment_of(index);
-        self.segments.get(k)?.get()?.get(offset)
+        match self.first.get(index as usize) {
+            Some(slot) => Some(slot),
+            None => self.growth_slot(index),
+        }
+    }
+
+    #[cold]
+    fn growth_slot(&self, index: u64) -> Option<&AtomicU8> {
+        let (k, offset) = self.growth_of(index);
+        self.growth.get(k)?.get()?.get(offset)
     }
 
     #[inline]
@@ -609,6 +630,30 @@ mod tests {
         let t = w.totals(0);
         assert!(t.calls > 6_000 && t.calls <= FIELD_MAX, "{t:?}");
         assert!((t.failure_rate() - 0.25).abs() < 0.01, "{t:?}");
+    }
+
+    #[test]
+    fn a_lengthened_count_ring_has_a_distinct_slot_for_every_index() {
+        for (built, sizes) in [
+            (0u32, &[1u32, 64, 65, 1000][..]),
+            (3, &[2, 3, 4, 70, 200_000][..]),
+            (100, &[50, 1_000_000, 100][..]),
+        ] {
+            let w = CountWindow::new(built);
+            for &size in sizes {
+                w.resize(size);
+                assert_eq!(w.len(), u64::from(size));
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..w.len() {
+                    let slot = w.slot(i).unwrap_or_else(|| panic!("{built}->{size}: {i}"));
+                    assert!(seen.insert(slot as *const AtomicU8), "{built}->{size}: {i}");
+                }
+                for _ in 0..size + 5 {
+                    w.record(FAIL);
+                }
+                assert_eq!(w.totals().failures, u64::from(size));
+            }
+        }
     }
 
     #[test]
