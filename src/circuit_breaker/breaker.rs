@@ -30,6 +30,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::events::{CircuitState, OperatorMode, Transition, TransitionReason};
+use super::metrics::BreakerMetrics;
 use super::settings::{PROBE_LIMIT, Settings, nanos};
 use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
@@ -131,6 +132,7 @@ pub(crate) struct Breaker {
     pub(crate) last_used: AtomicU64,
     slow: Mutex<Slow>,
     sinks: Sinks,
+    metrics: BreakerMetrics,
 }
 
 /// What `admit` decided for one call.
@@ -190,6 +192,7 @@ impl Breaker {
             splitmix(addr ^ t ^ name.len() as u64) | 1
         };
         Breaker {
+            metrics: BreakerMetrics::new(&name, mode),
             word: Padded(AtomicU64::new(mode.bits() << MODE_SHIFT)),
             window,
             settings,
@@ -247,6 +250,7 @@ impl Breaker {
                 OperatorMode::Disabled => return Admission::Pass,
                 OperatorMode::ForcedOpen => {
                     self.rejections.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.rejected();
                     return Admission::Reject(self.settings.open_timeout());
                 }
                 OperatorMode::MetricsOnly => true,
@@ -296,6 +300,7 @@ impl Breaker {
             Admission::Pass
         } else {
             self.rejections.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected();
             Admission::Reject(after.into().0)
         }
     }
@@ -724,7 +729,14 @@ impl Breaker {
         }
     }
 
+    /// Announces a transition or a mode change; the caller holds the transition lock.
     fn emit(&self, from: CircuitState, to: CircuitState, reason: TransitionReason) {
+        let modes = match reason {
+            TransitionReason::ModeChanged { from, to } => (from, to),
+            // Modes only change under the transition lock, which the caller holds.
+            _ => (self.mode(), self.mode()),
+        };
+        self.metrics.transition(from, to, modes);
         let transition = Transition {
             breaker: self.name.clone(),
             from,

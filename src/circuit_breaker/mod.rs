@@ -103,6 +103,25 @@
 //! `tracing` (`WARN` when a breaker opens or its mode changes, `INFO` otherwise).
 //! [`CircuitBreakerHandle::metrics`] reads the state and the window's counts.
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature (on by default), every breaker records, through the
+//! [`metrics`](https://docs.rs/metrics) facade and labelled with its name:
+//! `palisade_circuit_breaker_state{breaker, state}` (1 for the state it shows, 0 for the other
+//! four: `closed`, `half_open`, `open`, `forced_open`, `disabled`),
+//! `palisade_circuit_breaker_transitions_total{breaker, from, to}` (each change of the state it
+//! shows, operator modes included) and `palisade_circuit_breaker_rejected_total{breaker}` (calls
+//! rejected while open, half-open and full, or forced open; not the calls a metrics-only
+//! breaker lets through).
+//!
+//! The handles are registered **once, when the breaker is built**, with the recorder installed
+//! at that moment (a call only increments a handle it holds: no key is built or looked up per
+//! call). Install the exporter before building the layers: a breaker built before any recorder
+//! is installed records nothing for its whole life. Each breaker registers 26 series (5 gauges,
+//! 20 transition pairs, 1 rejection counter); a keyed registry registers that for each key it
+//! holds and its overflow breaker, so at most `max_keys + 1` times. A breaker that is dropped
+//! (an evicted key) sets its state gauges to 0.
+//!
 //! # Cost and cancellation
 //!
 //! The closed-state success path takes no lock and allocates nothing: it loads one atomic word
@@ -125,6 +144,7 @@ mod future;
 mod handle;
 mod keyed;
 mod layer;
+mod metrics;
 mod registry;
 mod service;
 mod settings;

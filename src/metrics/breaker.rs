@@ -19,11 +19,15 @@ impl BreakerState {
     }
 }
 
-/// A callback for
-/// [`CircuitBreakerBuilder::on_transition`](crate::circuit_breaker::CircuitBreakerBuilder::on_transition)
-/// that records every transition ([`record_breaker_transition`]): the transitions counter and
-/// the state gauge. Mode changes (forced open, disabled, back to normal) count as transitions
-/// between the states they show.
+/// A transition callback that records every transition ([`record_breaker_transition`]): the
+/// transitions counter and the state gauge. Mode changes (forced open, disabled, back to normal)
+/// count as transitions between the states they show.
+///
+/// palisade's own breakers record these metrics by themselves with the `metrics` feature (see
+/// [`circuit_breaker`](crate::circuit_breaker#metrics)): do not plug this into their
+/// [`on_transition`](crate::circuit_breaker::CircuitBreakerBuilder::on_transition) as well, or
+/// every transition counts twice. It is for a breaker of your own that emits
+/// [`Transition`]s.
 ///
 /// Call it once per breaker; the gauge is set to `closed` for `breaker` right away.
 pub fn breaker_transition_recorder(
