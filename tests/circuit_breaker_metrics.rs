@@ -343,3 +343,53 @@ fn keyed_breakers_record_under_their_own_names() {
         assert_eq!(a.rejected(), 0);
     });
 }
+
+/// A finished call leaves its reference to the breaker in its thread's spare slot (so the next
+/// call need not touch a reference count). A breaker whose layer and services are all dropped
+/// lives on in that slot only until the thread finishes a call of another breaker: it is then
+/// dropped, and its gauges go to 0.
+#[test]
+fn a_spare_reference_keeps_a_dropped_breaker_only_until_another_breakers_call() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    with_recorder(&recorder, async {
+        let build = |name: &'static str| {
+            let layer = CircuitBreakerLayer::builder(name, policy())
+                .build(classify as fn(Result<&u32, &&'static str>) -> Outcome);
+            ServiceBuilder::new()
+                .layer(layer)
+                .service(service_fn(gateway))
+        };
+        let first = build("first");
+        first.clone().oneshot(7).await.unwrap();
+        drop(first);
+        let m = snapshot(&snapshotter);
+        // Still held by the spare: no gauge was touched since the start.
+        assert_eq!(
+            View {
+                map: &m,
+                breaker: "first"
+            }
+            .state(),
+            "closed"
+        );
+
+        let second = build("second");
+        second.clone().oneshot(7).await.unwrap();
+        let m = snapshot(&snapshotter);
+        let first_gauges: Vec<_> = m
+            .iter()
+            .filter(|((name, labels), _)| {
+                name == names::CIRCUIT_BREAKER_STATE
+                    && labels.contains(&("breaker".into(), "first".into()))
+            })
+            .collect();
+        assert_eq!(first_gauges.len(), 5, "{m:?}");
+        assert!(
+            first_gauges
+                .iter()
+                .all(|(_, v)| matches!(v, DebugValue::Gauge(g) if g.0 == 0.0)),
+            "{first_gauges:?}"
+        );
+    });
+}

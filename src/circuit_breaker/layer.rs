@@ -156,7 +156,7 @@ impl CircuitBreakerBuilder {
     pub fn build<C>(self, classifier: C) -> CircuitBreakerLayer<C> {
         let sinks = self.sinks();
         CircuitBreakerLayer {
-            breaker: self.breaker(self.name.clone(), sinks),
+            breaker: self.breaker(self.name.clone(), sinks, true),
             classifier,
             pending_while_open: self.pending_while_open,
         }
@@ -174,20 +174,24 @@ impl CircuitBreakerBuilder {
         }
     }
 
-    pub(crate) fn breaker(&self, name: Arc<str>, sinks: Sinks) -> Arc<Shards> {
+    /// A breaker with these options; `recycle` as in [`Shards::new`].
+    pub(crate) fn breaker(&self, name: Arc<str>, sinks: Sinks, recycle: bool) -> Arc<Shards> {
         let mode = if self.policy.enabled {
             OperatorMode::Normal
         } else {
             OperatorMode::Disabled
         };
         let settings = Settings::new(&self.policy, self.counted.clone(), self.open_jitter);
-        Arc::new(Shards::new(Breaker::new(
-            name,
-            settings,
-            Window::new(&self.policy),
-            mode,
-            self.policy.enabled,
-            sinks,
-        )))
+        Arc::new(Shards::new(
+            Breaker::new(
+                name,
+                settings,
+                Window::new(&self.policy),
+                mode,
+                self.policy.enabled,
+                sinks,
+            ),
+            recycle,
+        ))
     }
 }

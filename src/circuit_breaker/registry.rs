@@ -55,7 +55,7 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         idle_timeout: Duration,
     ) -> Self {
         let sinks = builder.sinks();
-        let overflow = builder.breaker(format!("{name}/{{overflow}}").into(), sinks.clone());
+        let overflow = builder.breaker(format!("{name}/{{overflow}}").into(), sinks.clone(), false);
         Registry {
             name,
             builder: Mutex::new(builder),
@@ -114,7 +114,11 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
             .builder
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .breaker(format!("{}/{key}", self.name).into(), self.sinks.clone());
+            .breaker(
+                format!("{}/{key}", self.name).into(),
+                self.sinks.clone(),
+                false,
+            );
         breaker.last_used.store(now, Ordering::Relaxed);
         map.insert(key.clone(), breaker.clone());
         breaker

@@ -141,11 +141,11 @@ impl Window {
         if self.counting() {
             self.count.record(Sample::SUCCESS)
         } else {
-            let now = match now {
-                Some(now) => now,
-                None => self.time.bucket_time(base, Instant::now()),
+            let tick = match now {
+                Some(now) => now / self.time.width(),
+                None => self.time.bucket_tick(base, Instant::now()),
             };
-            self.time.record(now, Sample::SUCCESS, stripe)
+            self.time.record_tick(tick, Sample::SUCCESS, stripe)
         }
     }
 
@@ -200,46 +200,43 @@ struct Stripe([AtomicU64; TIME_BUCKETS as usize]);
 /// The most stripes a time window has; more threads share them.
 const MAX_STRIPES: usize = 8;
 
-/// How many stripes (and breaker shards) to make: one per core, at most [`MAX_STRIPES`].
+/// How many stripes (and breaker shards) to make: one per core, at most [`MAX_STRIPES`],
+/// rounded down to a power of two so that a stripe is picked with a mask, not a division.
 pub(crate) fn stripe_count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *COUNT.get_or_init(|| {
-        std::thread::available_parallelism()
+        let cores = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .clamp(1, MAX_STRIPES)
+            .clamp(1, MAX_STRIPES);
+        1 << cores.ilog2()
     })
 }
 
-/// The bounds of one time bucket, for [`TimeWindow::bucket_time`].
+/// The bucket a thread last recorded into, for [`TimeWindow::bucket_tick`].
 #[derive(Clone, Copy)]
 struct BucketBounds {
-    /// The [`TimeWindow`]'s id; 0 for none.
+    /// The [`TimeWindow`]'s id.
     window: u64,
     from: Instant,
     until: Instant,
-    start: u64,
+    tick: u64,
 }
 
 std::thread_local! {
-    /// The last bucket this thread computed, and whose.
-    static LAST_BUCKET: Cell<BucketBounds> = Cell::new(BucketBounds {
-        window: 0,
-        from: Instant::now(),
-        until: Instant::now(),
-        start: 0,
-    });
+    /// The last bucket this thread computed, and whose; `None` until it records.
+    static LAST_BUCKET: Cell<Option<BucketBounds>> = const { Cell::new(None) };
     /// `usize::MAX` until the thread first records.
-    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// This thread's stripe number (take it modulo the stripe count).
+/// This thread's stripe number, below [`stripe_count`].
 #[inline]
 pub(crate) fn thread_stripe() -> usize {
     STRIPE
         .try_with(|s| match s.get() {
             usize::MAX => {
                 static NEXT: AtomicUsize = AtomicUsize::new(0);
-                let stripe = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_STRIPES;
+                let stripe = NEXT.fetch_add(1, Ordering::Relaxed) & (stripe_count() - 1);
                 s.set(stripe);
                 stripe
             }
@@ -279,62 +276,75 @@ impl TimeWindow {
         self.reset();
     }
 
-    /// The start of the bucket that `now` falls in, in nanoseconds since `base`.
+    /// The tick (bucket number since `base`) that `now` falls in.
     ///
     /// Turning an `Instant` into nanoseconds (a subtraction of two timespecs, a 128-bit
     /// conversion and a division) cost about a third of a closed-state success beside the
     /// clock read itself. Each thread remembers the bounds of the last bucket it computed as
-    /// `Instant`s, so a call whose clock read falls inside them only compares two `Instant`s.
+    /// `Instant`s, and its tick, so a call whose clock read falls inside them only compares two
+    /// `Instant`s.
     /// The clock is still read on every call, and it is tokio's, so `tokio::time::pause` and
     /// `advance` drive the window exactly as before: a read outside the remembered bucket
     /// (later, or earlier on another runtime's clock) computes its bucket afresh. The memory
     /// is keyed by the window's id, unique in the process (an address could be reused by a
     /// window with another base or width).
     #[inline]
-    pub(crate) fn bucket_time(&self, base: Instant, now: Instant) -> u64 {
-        let b = LAST_BUCKET.get();
-        if b.window == self.id.load(Ordering::Relaxed) && b.from <= now && now < b.until {
-            return b.start;
+    pub(crate) fn bucket_tick(&self, base: Instant, now: Instant) -> u64 {
+        if let Some(b) = LAST_BUCKET.get()
+            && b.window == self.id.load(Ordering::Relaxed)
+            && b.from <= now
+            && now < b.until
+        {
+            return b.tick;
         }
-        self.bucket_time_slow(base, now)
+        self.bucket_tick_slow(base, now)
     }
 
     #[cold]
-    fn bucket_time_slow(&self, base: Instant, now: Instant) -> u64 {
+    fn bucket_tick_slow(&self, base: Instant, now: Instant) -> u64 {
         // The id is read before the width: a width changed in between gives a new id, and the
         // memory written below under the old id is never used again.
         let id = self.id.load(Ordering::Relaxed);
         let width = self.width();
         let since = now.saturating_duration_since(base);
         let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
-        let start = nanos / width * width;
+        let tick = nanos / width;
+        let start = tick * width;
         // `start` is at most `nanos`, so `from` is at most `now` and is never `base` moved
         // back; `until` may not exist this far out, and then nothing is remembered.
         if since >= Duration::from_nanos(start)
             && let Some(from) = base.checked_add(Duration::from_nanos(start))
             && let Some(until) = from.checked_add(Duration::from_nanos(width))
         {
-            LAST_BUCKET.set(BucketBounds {
+            LAST_BUCKET.set(Some(BucketBounds {
                 window: id,
                 from,
                 until,
-                start,
-            });
+                tick,
+            }));
         }
-        start
+        tick
     }
 
+    #[inline]
     fn bucket(&self, tick: u64, stripe: usize) -> &AtomicU64 {
-        &self.stripes[stripe % self.stripes.len()].0[(tick % TIME_BUCKETS) as usize]
+        // The stripe count is a power of two: a mask, never a division, and never out of range.
+        &self.stripes[stripe & (self.stripes.len() - 1)].0[(tick % TIME_BUCKETS) as usize]
     }
 
     fn buckets(&self) -> impl Iterator<Item = &AtomicU64> {
         self.stripes.iter().flat_map(|s| s.0.iter())
     }
 
+    /// Records a sample at `now`, in nanoseconds since the breaker's base.
     #[inline]
     pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
-        let tick = now / self.width();
+        self.record_tick(now / self.width(), sample, stripe);
+    }
+
+    /// Records a sample in bucket `tick`.
+    #[inline]
+    pub(crate) fn record_tick(&self, tick: u64, sample: Sample, stripe: usize) {
         let epoch = tick & EPOCH_MASK;
         let add = (1 << TOTAL_SHIFT)
             | (u64::from(sample.failure) << FAIL_SHIFT)
@@ -613,12 +623,12 @@ mod tests {
                 let exact_tick = exact / w.width();
                 // Twice: the second read is served from memory when the first filled it.
                 for _ in 0..2 {
-                    assert_eq!(w.bucket_time(base, now) / w.width(), exact_tick, "{ms} ms");
+                    assert_eq!(w.bucket_tick(base, now), exact_tick, "{ms} ms");
                 }
             }
         }
         // Before the base (a clock that is behind): everything is bucket 0, as before.
-        assert_eq!(b.bucket_time(b_base, base), 0);
+        assert_eq!(b.bucket_tick(b_base, base), 0);
     }
 
     #[test]
