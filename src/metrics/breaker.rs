@@ -1,9 +1,7 @@
 //! Circuit breaker transitions as metrics.
 
-use std::sync::Mutex;
-
-use super::{BreakerState, record_breaker_state, record_breaker_transition};
-use crate::circuit_breaker::{CircuitState, OperatorMode, Transition, TransitionReason};
+use super::BreakerState;
+use crate::circuit_breaker::{CircuitState, OperatorMode, Transition};
 
 impl BreakerState {
     /// The state a breaker shows: its operator mode when that overrides the machine (forced
@@ -19,32 +17,22 @@ impl BreakerState {
     }
 }
 
-/// A transition callback that records every transition ([`record_breaker_transition`]): the
-/// transitions counter and the state gauge. Mode changes (forced open, disabled, back to normal)
-/// count as transitions between the states they show.
+/// A transition callback kept so that code written for session 1 still compiles: it records
+/// nothing.
 ///
-/// palisade's own breakers record these metrics by themselves with the `metrics` feature (see
-/// [`circuit_breaker`](crate::circuit_breaker#metrics)): do not plug this into their
-/// [`on_transition`](crate::circuit_breaker::CircuitBreakerBuilder::on_transition) as well, or
-/// every transition counts twice. It is for a breaker of your own that emits
-/// [`Transition`]s.
-///
-/// Call it once per breaker; the gauge is set to `closed` for `breaker` right away.
+/// palisade's breakers now record their state gauge, transitions and rejections by themselves
+/// with the `metrics` feature (see [`circuit_breaker`](crate::circuit_breaker#metrics)), which is
+/// also the only feature this function exists under. It used to record every transition
+/// ([`record_breaker_transition`](super::record_breaker_transition)) and set the gauge to `closed` at once; plugged into a
+/// breaker's [`on_transition`](crate::circuit_breaker::CircuitBreakerBuilder::on_transition) or
+/// fed from its event channel, that would now count every transition twice, or (created late,
+/// as on a first event) set a stale gauge. So it does nothing, and such callers stay correct.
+/// To record transitions of a machine of your own, call
+/// [`record_breaker_transition`](super::record_breaker_transition) and
+/// [`record_breaker_state`](super::record_breaker_state).
 pub fn breaker_transition_recorder(
     breaker: impl Into<std::sync::Arc<str>>,
 ) -> impl Fn(&Transition) + Send + Sync + 'static {
-    let breaker: std::sync::Arc<str> = breaker.into();
-    record_breaker_state(breaker.clone(), BreakerState::Closed);
-    let mode = Mutex::new(OperatorMode::Normal);
-    move |t: &Transition| {
-        let mut mode = mode.lock().unwrap_or_else(|p| p.into_inner());
-        let before = BreakerState::of(t.from, *mode);
-        if let TransitionReason::ModeChanged { to, .. } = t.reason {
-            *mode = to;
-        }
-        let after = BreakerState::of(t.to, *mode);
-        if before != after {
-            record_breaker_transition(t.breaker.clone(), before, after);
-        }
-    }
+    drop(breaker.into());
+    |_: &Transition| {}
 }
