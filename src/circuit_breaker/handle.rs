@@ -89,8 +89,9 @@ impl CircuitBreakerHandle {
     /// ([`CircuitBreakerBuilder::counted`](super::CircuitBreakerBuilder::counted)) and an
     /// explicit open jitter are builder options and are kept.
     ///
-    /// Calls pay nothing for this: every rule is read where it was read before, with a relaxed
-    /// atomic load. A call racing a reconfiguration may be judged by a mix of old and new rules
+    /// Calls take no lock and no extra atomic read-modify-write for this: every rule is read
+    /// where it was read before, with a relaxed atomic load (about ten more instructions per
+    /// call in all, see `docs/performance.md`). A call racing a reconfiguration may be judged by a mix of old and new rules
     /// for that one call; a reshaped window may lose or gain the samples of calls recording at
     /// that moment.
     pub fn reconfigure(&self, policy: &CircuitBreakerPolicy) {

@@ -3,8 +3,8 @@
 //! Every rule is its own atomic, read with a relaxed load where the rule is used. On the
 //! closed-state success path only `slow_call` is read, as it was when it was a plain field (a
 //! relaxed load of an aligned word is a plain load on the targets we build for), so
-//! [`CircuitBreakerHandle::reconfigure`](super::CircuitBreakerHandle::reconfigure) costs calls
-//! nothing. A reconfiguration stores the rules one by one: a call racing it may see some old
+//! [`CircuitBreakerHandle::reconfigure`](super::CircuitBreakerHandle::reconfigure) adds no lock
+//! and no read-modify-write to a call. A reconfiguration stores the rules one by one: a call racing it may see some old
 //! rules and some new for that one call; transitions, which read the rules under the
 //! transition lock that reconfiguration also takes, see one set or the other.
 
