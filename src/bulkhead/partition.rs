@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::BulkheadLayer;
+use super::metrics::BulkheadMetrics;
 use crate::policy::{BulkheadPolicy, Policy};
 
 /// One bulkhead: its permits and its queue, shared by every service built from layers of
@@ -27,6 +28,7 @@ pub(crate) struct Partition {
     pub(crate) waiting: AtomicUsize,
     /// Serialises reconfigurations (never taken on the call path).
     resize: Mutex<()>,
+    pub(crate) metrics: BulkheadMetrics,
 }
 
 fn permits(max_concurrent: u32) -> usize {
@@ -43,6 +45,7 @@ impl Partition {
     pub(crate) fn new(name: Arc<str>, policy: &BulkheadPolicy) -> Self {
         let max_concurrent = permits(policy.max_concurrent);
         Partition {
+            metrics: BulkheadMetrics::new(&name),
             name,
             semaphore: Semaphore::new(max_concurrent),
             max_concurrent: AtomicUsize::new(max_concurrent),
@@ -93,7 +96,10 @@ impl Partition {
                 (n < max_queue).then_some(n + 1)
             })
             .ok()
-            .map(|_| QueuePlace(self.clone()))
+            .map(|_| {
+                self.metrics.queued();
+                QueuePlace(self.clone())
+            })
     }
 
     /// Applies new limits in place. Growing adds permits at once (cancelling any debt
@@ -173,12 +179,14 @@ pub(crate) struct Permit(Arc<Partition>);
 impl Permit {
     /// Wraps a permit already taken from `partition`'s semaphore (and forgotten there).
     pub(crate) fn new(partition: Arc<Partition>) -> Self {
+        partition.metrics.acquired();
         Permit(partition)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        self.0.metrics.released();
         self.0.release();
     }
 }
@@ -208,6 +216,7 @@ pub(crate) struct QueuePlace(Arc<Partition>);
 impl Drop for QueuePlace {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.dequeued();
     }
 }
 

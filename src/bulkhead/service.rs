@@ -79,9 +79,12 @@ impl<S> Bulkhead<S> {
     }
 
     fn rejection(&self, reason: BulkheadRejection) -> BulkheadFull {
-        tracing::debug!(
+        self.partition.metrics.rejected(&reason);
+        tracing::warn!(
             bulkhead = %self.partition.name,
             reason = %reason,
+            max_concurrent = self.partition.max_concurrent(),
+            max_queue = self.partition.max_queue(),
             "palisade: bulkhead full, call rejected"
         );
         BulkheadFull {
