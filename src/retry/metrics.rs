@@ -33,6 +33,7 @@ impl Ended {
     }
 
     /// A success (or an ignored outcome) at attempt `attempts`.
+    #[inline]
     pub(crate) fn success(attempts: u32) -> Self {
         if attempts > 1 {
             Ended::SucceededAfterRetry
@@ -86,6 +87,7 @@ impl RetryMetrics {
     }
 
     /// Counts a call that ended.
+    #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn ended(&self, ended: Ended) {
         #[cfg(feature = "metrics")]
@@ -93,6 +95,7 @@ impl RetryMetrics {
     }
 
     /// Counts a retry attempt sent (an attempt after the first).
+    #[inline]
     pub(crate) fn attempt(&self) {
         #[cfg(feature = "metrics")]
         self.attempts.increment(1);
