@@ -194,6 +194,13 @@ fn served(id: Option<&'static str>) -> Request<()> {
     req
 }
 
+/// Makes `calls` calls of `f`, keeping each answer from being optimised away.
+fn repeat<T>(calls: u64, mut f: impl FnMut() -> T) {
+    for _ in 0..calls {
+        let _ = black_box(f());
+    }
+}
+
 /// Makes `calls` calls through the case `name`, for instruction counts.
 fn count_instructions(name: &str, calls: u64) {
     let id = Some("pay-2026-000042");
@@ -202,39 +209,18 @@ fn count_instructions(name: &str, calls: u64) {
     let metrics = ErrorMetricsLayer::new(HttpStatus::default()).operation("payment_gateway");
     let mut ok = metrics.layer(Answer(StatusCode::OK));
     let mut failing = metrics.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
-    let mut one = |f: &mut dyn FnMut()| {
-        for _ in 0..calls {
-            f();
-        }
-    };
     match name {
-        "baseline_with_id_as_served" => one(&mut || {
-            black_box(now(plain.call(black_box(served(id)))));
+        "baseline_with_id_as_served" => repeat(calls, || now(plain.call(black_box(served(id))))),
+        "incoming_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(id))))),
+        "baseline_with_id_header" => repeat(calls, || now(plain.call(black_box(request(id))))),
+        "incoming_id" => repeat(calls, || now(correlated.call(black_box(request(id))))),
+        "baseline_without_id" => repeat(calls, || now(plain.call(black_box(request(None))))),
+        "generated_id" => repeat(calls, || now(correlated.call(black_box(request(None))))),
+        "hostile_id_replaced" => repeat(calls, || {
+            now(correlated.call(black_box(request(Some("a b c")))))
         }),
-        "incoming_id_as_served" => one(&mut || {
-            black_box(now(correlated.call(black_box(served(id)))));
-        }),
-        "baseline_with_id_header" => one(&mut || {
-            black_box(now(plain.call(black_box(request(id)))));
-        }),
-        "incoming_id" => one(&mut || {
-            black_box(now(correlated.call(black_box(request(id)))));
-        }),
-        "baseline_without_id" => one(&mut || {
-            black_box(now(plain.call(black_box(request(None)))));
-        }),
-        "generated_id" => one(&mut || {
-            black_box(now(correlated.call(black_box(request(None)))));
-        }),
-        "hostile_id_replaced" => one(&mut || {
-            black_box(now(correlated.call(black_box(request(Some("a b c"))))));
-        }),
-        "metrics_success" => one(&mut || {
-            black_box(now(ok.call(black_box(request(None)))));
-        }),
-        "metrics_failure" => one(&mut || {
-            black_box(now(failing.call(black_box(request(None)))));
-        }),
+        "metrics_success" => repeat(calls, || now(ok.call(black_box(request(None))))),
+        "metrics_failure" => repeat(calls, || now(failing.call(black_box(request(None))))),
         other => panic!("unknown case `{other}`"),
     }
 }
