@@ -131,6 +131,46 @@ fn correlation(c: &mut Criterion) {
     });
     cpu(&mut g, "generate_uuid_v7", CorrelationId::generate);
 
+    // Two threads at once, each with its own clone of one layer's service (as a server's
+    // workers have): CPU time of both per call. Whatever every call shares shows up here.
+    let shared = CorrelationLayer::new().layer(Answer(StatusCode::OK));
+    g.bench_function("incoming_id_as_served_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = shared.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(
+                                service.call(black_box(served(Some("pay-2026-000042"))))
+                            ));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+    g.bench_function("baseline_with_id_as_served_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = Answer(StatusCode::OK);
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(
+                                service.call(black_box(served(Some("pay-2026-000042"))))
+                            ));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+
     let mut propagate = PropagateCorrelationLayer::new().layer(Answer(StatusCode::OK));
     cpu(&mut g, "propagate_outside_a_request", || {
         now(propagate.call(black_box(request(None))))
