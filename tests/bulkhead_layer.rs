@@ -459,3 +459,55 @@ async fn reconfiguring_a_named_bulkhead_resizes_every_layer_sharing_it() {
     a.reconfigure(&limits(5, 0, 0));
     assert_eq!((b.max_concurrent(), b.available_permits()), (5, 5));
 }
+
+/// Resizing while 32 tasks on two worker threads hammer the bulkhead: no permit is lost or
+/// made up, whatever interleaving of releases, debt payments and resizes happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resizing_under_concurrent_load_loses_and_invents_no_permit() {
+    let layer = BulkheadLayer::unshared("churn", &limits(4, 64, 60_000));
+    let running = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let service = layer.layer(service_fn(move |_: ()| {
+        let (r, m) = (r.clone(), m.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, Io>(())
+        }
+    }));
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    // Rejections (queue full) are fine here; permits are what is checked.
+                    let _ = service.clone().oneshot(()).await;
+                }
+            })
+        })
+        .collect();
+    let sizes = [1u32, 8, 2, 6, 3, 5, 1, 7];
+    for round in 0..200 {
+        layer.reconfigure(&limits(sizes[round % sizes.len()], 64, 60_000));
+        tokio::task::yield_now().await;
+    }
+    layer.reconfigure(&limits(3, 64, 60_000));
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 8,
+        "never more in flight than the largest limit set"
+    );
+    assert_eq!(running.load(Ordering::SeqCst), 0);
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(
+        layer.available_permits(),
+        3,
+        "exactly the last limit's permits"
+    );
+    assert_eq!(layer.waiting(), 0);
+}
