@@ -195,6 +195,40 @@ fn error_metrics(c: &mut Criterion) {
     cpu(&mut g, "success_noop_recorder", || {
         now(ok.call(black_box(request(None))))
     });
+    // Two threads at once on clones of one service, as in the correlation group.
+    let shared = layer.layer(Answer(StatusCode::OK));
+    g.bench_function("success_noop_recorder_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = shared.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(service.call(black_box(request(None)))));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+    g.bench_function("baseline_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = Answer(StatusCode::OK);
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(service.call(black_box(request(None)))));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
     let mut failing = layer.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
     cpu(&mut g, "failure_noop_recorder", || {
         now(failing.call(black_box(request(None))))
