@@ -5,6 +5,12 @@
 //! the span callsite check, the clock read, building metric keys for the no-op recorder).
 //! Each layered figure includes building the request and polling the future; subtract the
 //! `baseline` figure for the layer's own cost.
+//!
+//! Figures are CPU time of the process per call (`CpuTimer`), which the neighbours' load on a
+//! shared machine moves less than wall time. Instruction counts, which it does not move at
+//! all: with `OBSERVE_COUNT=<name>` and `OBSERVE_CALLS=<n>` set, the binary makes `n` calls
+//! through the named case (see `count_instructions`) and exits;
+//! `benches/instructions.sh observability <name>...` runs it under cachegrind.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -12,14 +18,32 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::{Request, Response, StatusCode};
 use palisade::classify::HttpStatus;
 use palisade::correlation::{
     CorrelationId, CorrelationLayer, PropagateCorrelationLayer, X_REQUEST_ID,
 };
 use palisade::metrics::ErrorMetricsLayer;
+use palisade_benches::CpuTimer;
 use tower::{Layer, Service};
+
+/// Benches `f` in process CPU time per call.
+fn cpu<M: criterion::measurement::Measurement<Value = std::time::Duration>, O>(
+    g: &mut criterion::BenchmarkGroup<'_, M>,
+    name: &str,
+    mut f: impl FnMut() -> O,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            for _ in 0..iters {
+                black_box(f());
+            }
+            start.elapsed(1)
+        })
+    });
+}
 
 /// Polls a future that is ready at once, without a runtime.
 fn now<F: Future>(f: F) -> F::Output {
@@ -81,48 +105,81 @@ struct Served;
 fn correlation(c: &mut Criterion) {
     let mut g = c.benchmark_group("correlation");
     let mut plain = Answer(StatusCode::OK);
-    g.bench_function("baseline_with_id_header", |b| {
-        b.iter(|| now(plain.call(black_box(request(Some("pay-2026-000042"))))))
+    cpu(&mut g, "baseline_with_id_header", || {
+        now(plain.call(black_box(request(Some("pay-2026-000042")))))
     });
     let mut layered = CorrelationLayer::new().layer(Answer(StatusCode::OK));
-    g.bench_function("incoming_id", |b| {
-        b.iter(|| now(layered.call(black_box(request(Some("pay-2026-000042"))))))
+    cpu(&mut g, "incoming_id", || {
+        now(layered.call(black_box(request(Some("pay-2026-000042")))))
     });
     // hyper's server puts an extension on every request it parses, so in a real server the
     // extension map exists before the layer adds the ID to it.
-    let served = |id| {
-        let mut req = request(id);
-        req.extensions_mut().insert(Served);
-        req
-    };
-    g.bench_function("baseline_with_id_as_served", |b| {
-        b.iter(|| now(plain.call(black_box(served(Some("pay-2026-000042"))))))
+    cpu(&mut g, "baseline_with_id_as_served", || {
+        now(plain.call(black_box(served(Some("pay-2026-000042")))))
     });
-    g.bench_function("incoming_id_as_served", |b| {
-        b.iter(|| now(layered.call(black_box(served(Some("pay-2026-000042"))))))
+    cpu(&mut g, "incoming_id_as_served", || {
+        now(layered.call(black_box(served(Some("pay-2026-000042")))))
     });
-    g.bench_function("baseline_without_id", |b| {
-        b.iter(|| now(plain.call(black_box(request(None)))))
+    cpu(&mut g, "baseline_without_id", || {
+        now(plain.call(black_box(request(None))))
     });
-    g.bench_function("generated_id", |b| {
-        b.iter(|| now(layered.call(black_box(request(None)))))
+    cpu(&mut g, "generated_id", || {
+        now(layered.call(black_box(request(None))))
     });
-    g.bench_function("hostile_id_replaced", |b| {
-        b.iter(|| now(layered.call(black_box(request(Some("a b c"))))))
+    cpu(&mut g, "hostile_id_replaced", || {
+        now(layered.call(black_box(request(Some("a b c")))))
     });
-    g.bench_function("generate_uuid_v7", |b| b.iter(CorrelationId::generate));
+    cpu(&mut g, "generate_uuid_v7", CorrelationId::generate);
+
+    // Two threads at once, each with its own clone of one layer's service (as a server's
+    // workers have): CPU time of both per call. Whatever every call shares shows up here.
+    let shared = CorrelationLayer::new().layer(Answer(StatusCode::OK));
+    g.bench_function("incoming_id_as_served_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = shared.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(
+                                service.call(black_box(served(Some("pay-2026-000042"))))
+                            ));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+    g.bench_function("baseline_with_id_as_served_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = Answer(StatusCode::OK);
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(
+                                service.call(black_box(served(Some("pay-2026-000042"))))
+                            ));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
 
     let mut propagate = PropagateCorrelationLayer::new().layer(Answer(StatusCode::OK));
-    g.bench_function("propagate_outside_a_request", |b| {
-        b.iter(|| now(propagate.call(black_box(request(None)))))
+    cpu(&mut g, "propagate_outside_a_request", || {
+        now(propagate.call(black_box(request(None))))
     });
     let id = CorrelationId::parse(b"pay-2026-000042").unwrap();
-    g.bench_function("propagate_inside_a_request", |b| {
-        b.iter(|| {
-            now(palisade::correlation::scope(id.clone(), async {
-                propagate.call(black_box(request(None))).await
-            }))
-        })
+    cpu(&mut g, "propagate_inside_a_request", || {
+        now(palisade::correlation::scope(id.clone(), async {
+            propagate.call(black_box(request(None))).await
+        }))
     });
     g.finish();
 }
@@ -130,45 +187,121 @@ fn correlation(c: &mut Criterion) {
 fn error_metrics(c: &mut Criterion) {
     let mut g = c.benchmark_group("error_metrics");
     let mut plain = Answer(StatusCode::OK);
-    g.bench_function("baseline", |b| {
-        b.iter(|| now(plain.call(black_box(request(None)))))
+    cpu(&mut g, "baseline", || {
+        now(plain.call(black_box(request(None))))
     });
     let layer = ErrorMetricsLayer::new(HttpStatus::default()).operation("payment_gateway");
     let mut ok = layer.layer(Answer(StatusCode::OK));
-    g.bench_function("success_noop_recorder", |b| {
-        b.iter(|| now(ok.call(black_box(request(None)))))
+    cpu(&mut g, "success_noop_recorder", || {
+        now(ok.call(black_box(request(None))))
+    });
+    // Two threads at once on clones of one service, as in the correlation group.
+    let shared = layer.layer(Answer(StatusCode::OK));
+    g.bench_function("success_noop_recorder_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = shared.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(service.call(black_box(request(None)))));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+    g.bench_function("baseline_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = Answer(StatusCode::OK);
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(service.call(black_box(request(None)))));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
     });
     let mut failing = layer.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
-    g.bench_function("failure_noop_recorder", |b| {
-        b.iter(|| now(failing.call(black_box(request(None)))))
+    cpu(&mut g, "failure_noop_recorder", || {
+        now(failing.call(black_box(request(None))))
     });
     g.finish();
 }
 
 criterion_group!(benches, correlation, error_metrics);
-criterion_main!(benches, blocks);
 
 /// The pieces the layers are made of, to explain their figures: a clock read, an empty span, a
 /// task-local scope, a first extension.
 fn building_blocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("building_blocks");
     let id = CorrelationId::parse(b"pay-2026-000042").unwrap();
-    g.bench_function("request_with_first_extension", |b| {
-        b.iter(|| {
-            let mut r = request(None);
-            r.extensions_mut().insert(id.clone());
-            r
-        })
+    cpu(&mut g, "request_with_first_extension", || {
+        let mut r = request(None);
+        r.extensions_mut().insert(id.clone());
+        r
     });
-    g.bench_function("request_alone", |b| b.iter(|| request(None)));
-    g.bench_function("disabled_span", |b| {
-        b.iter(|| tracing::info_span!("request", correlation_id = id.as_str()))
+    cpu(&mut g, "request_alone", || request(None));
+    cpu(&mut g, "disabled_span", || {
+        tracing::info_span!("request", correlation_id = id.as_str())
     });
-    g.bench_function("task_local_scope_poll", |b| {
-        b.iter(|| now(palisade::correlation::scope(id.clone(), async { 1 })))
+    cpu(&mut g, "task_local_scope_poll", || {
+        now(palisade::correlation::scope(id.clone(), async { 1 }))
     });
     g.bench_function("tokio_instant", |b| b.iter(tokio::time::Instant::now));
     g.bench_function("std_instant", |b| b.iter(std::time::Instant::now));
     g.finish();
 }
 criterion_group!(blocks, building_blocks);
+
+/// A request as hyper's server hands it over: with an extension already in its map.
+fn served(id: Option<&'static str>) -> Request<()> {
+    let mut req = request(id);
+    req.extensions_mut().insert(Served);
+    req
+}
+
+/// Makes `calls` calls of `f`, keeping each answer from being optimised away.
+fn repeat<T>(calls: u64, mut f: impl FnMut() -> T) {
+    for _ in 0..calls {
+        let _ = black_box(f());
+    }
+}
+
+/// Makes `calls` calls through the case `name`, for instruction counts.
+fn count_instructions(name: &str, calls: u64) {
+    let id = Some("pay-2026-000042");
+    let mut plain = Answer(StatusCode::OK);
+    let mut correlated = CorrelationLayer::new().layer(Answer(StatusCode::OK));
+    let metrics = ErrorMetricsLayer::new(HttpStatus::default()).operation("payment_gateway");
+    let mut ok = metrics.layer(Answer(StatusCode::OK));
+    let mut failing = metrics.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
+    match name {
+        "baseline_with_id_as_served" => repeat(calls, || now(plain.call(black_box(served(id))))),
+        "incoming_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(id))))),
+        "baseline_with_id_header" => repeat(calls, || now(plain.call(black_box(request(id))))),
+        "incoming_id" => repeat(calls, || now(correlated.call(black_box(request(id))))),
+        "baseline_without_id" => repeat(calls, || now(plain.call(black_box(request(None))))),
+        "generated_id" => repeat(calls, || now(correlated.call(black_box(request(None))))),
+        "hostile_id_replaced" => repeat(calls, || {
+            now(correlated.call(black_box(request(Some("a b c")))))
+        }),
+        "metrics_success" => repeat(calls, || now(ok.call(black_box(request(None))))),
+        "metrics_failure" => repeat(calls, || now(failing.call(black_box(request(None))))),
+        other => panic!("unknown case `{other}`"),
+    }
+}
+
+fn main() {
+    palisade_benches::bench_main("OBSERVE", count_instructions, || {
+        benches();
+        blocks();
+    });
+}

@@ -38,8 +38,9 @@ use http::{HeaderMap, HeaderName};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SensitiveHeaders {
     names: Arc<[HeaderName]>,
-    /// Bit `n` is set when a listed name is `n` bytes long (bit 127: 127 or longer), so most
-    /// headers are ruled out by their length before any name comparison.
+    /// One bit per listed name, chosen by its length and first and last bytes, so most
+    /// headers are ruled out by one bit test before any name comparison (by length alone,
+    /// `accept`, `user-agent` and `x-request-id` all looked like listed names).
     lengths: u128,
 }
 
@@ -61,7 +62,15 @@ impl Default for SensitiveHeaders {
 
 #[inline]
 fn length_bit(name: &HeaderName) -> u128 {
-    1u128 << name.as_str().len().min(127)
+    let bytes = name.as_str().as_bytes();
+    let (first, last) = match bytes {
+        [first, .., last] => (*first, *last),
+        [only] => (*only, *only),
+        [] => (0, 0),
+    };
+    let spread =
+        bytes.len().wrapping_mul(31) ^ usize::from(first).wrapping_mul(7) ^ usize::from(last);
+    1u128 << (spread & 127)
 }
 
 impl SensitiveHeaders {
@@ -92,9 +101,11 @@ impl SensitiveHeaders {
     }
 
     /// Flags every value of a listed header as sensitive. No allocation; a header whose name
-    /// length matches no listed name costs a bit test.
+    /// matches no listed name's length and first and last bytes costs a bit test.
     pub fn mark(&self, headers: &mut HeaderMap) {
-        if self.names.is_empty() {
+        // Most maps hold none: a read-only pass over the names (no values, no extra values)
+        // finds that out at a fraction of the cost of visiting every value.
+        if self.names.is_empty() || !headers.keys().any(|name| self.contains(name)) {
             return;
         }
         for (name, value) in headers.iter_mut() {
@@ -167,6 +178,20 @@ mod tests {
         assert!(sensitive.contains(&long));
         assert!(!sensitive.contains(&longer));
         assert!(!SensitiveHeaders::none().contains(&http::header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn a_name_sharing_a_listed_names_bit_is_still_compared() {
+        // `te` and `grpc-status` share a fingerprint bit: only the listed one is marked.
+        let sensitive = SensitiveHeaders::none().with(http::header::TE);
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        sensitive.mark(&mut headers);
+        assert!(!headers["grpc-status"].is_sensitive());
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        sensitive.mark(&mut headers);
+        assert!(headers[http::header::TE].is_sensitive());
+        assert!(!headers["grpc-status"].is_sensitive());
     }
 
     #[test]

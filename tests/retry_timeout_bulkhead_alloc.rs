@@ -100,3 +100,54 @@ fn the_success_path_allocates_nothing() {
         assert_eq!(allocations(stack, 1000).await, 0, "the whole stack");
     });
 }
+
+/// With a recorder installed, the layers' metric handles (registered when the layers are
+/// made) record without allocating or looking anything up per call.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_success_path_allocates_nothing_while_recording_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stack = ServiceBuilder::new()
+            .layer(BulkheadLayer::unshared(
+                "alloc_op",
+                &BulkheadPolicy::default(),
+            ))
+            .layer(TimeoutLayer::total("alloc_op", &TimeoutPolicy::default()))
+            .layer(RetryLayer::new(
+                "alloc_op",
+                RetryPolicy::default(),
+                ThroughLayers(SelfClassified),
+            ))
+            .layer(TimeoutLayer::attempt("alloc_op", &TimeoutPolicy::default()))
+            .service(service_fn(|x: u64| async move {
+                tokio::task::yield_now().await;
+                Ok::<_, Never>(x)
+            }));
+        assert_eq!(
+            allocations(stack, 1000).await,
+            0,
+            "the whole stack, recording"
+        );
+    });
+    // The calls were recorded: 1,001 successes without retry (the warm-up included).
+    let recorded = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| {
+            key.key().name() == "palisade_retries_total"
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.value() == "succeeded_without_retry")
+        });
+    assert_eq!(recorded.map(|r| r.3), Some(DebugValue::Counter(1001)));
+}

@@ -46,9 +46,24 @@
 //! assert_eq!(service.oneshot(Duration::ZERO).await.unwrap(), "written");
 //! # }
 //! ```
+//!
+//! # Reconfiguring
+//!
+//! [`BulkheadLayer::reconfigure`] resizes a live bulkhead (a policy reload): every layer,
+//! service and clone sharing it sees the new limits at once, and no call in flight loses its
+//! permit (a shrink takes effect as they finish).
+//!
+//! # Metrics and events
+//!
+//! With the feature `metrics`, a bulkhead keeps `palisade_bulkhead_in_flight{bulkhead}` and
+//! `palisade_bulkhead_queued{bulkhead}` up to date and counts rejections in
+//! `palisade_bulkhead_rejected_total{bulkhead, reason}`, through handles registered when it is
+//! made (install the recorder first). Each rejection is a WARN `tracing` event. See
+//! `docs/metrics.md`.
 
 mod future;
 mod layer;
+mod metrics;
 mod partition;
 mod service;
 

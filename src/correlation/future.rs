@@ -2,14 +2,34 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use std::sync::Arc;
+use std::sync::LazyLock;
 
-use http::{HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use tokio::task::futures::TaskLocalFuture;
 use tracing::instrument::Instrumented;
 
 use super::CorrelationId;
-use super::layer::CorrelationConfig;
+use crate::redact::SensitiveHeaders;
+
+/// The headers to flag on the response. The default list is shared process-wide, so a call
+/// takes no reference count on anything shared by every request (an `Arc` bumped by every
+/// request on every core would be one contended cache line).
+#[derive(Clone, Debug)]
+pub(crate) enum ResponseSensitive {
+    Default,
+    Custom(SensitiveHeaders),
+}
+
+static DEFAULT_SENSITIVE: LazyLock<SensitiveHeaders> = LazyLock::new(SensitiveHeaders::default);
+
+impl ResponseSensitive {
+    fn headers(&self) -> &SensitiveHeaders {
+        match self {
+            ResponseSensitive::Default => &DEFAULT_SENSITIVE,
+            ResponseSensitive::Custom(custom) => custom,
+        }
+    }
+}
 
 pin_project_lite::pin_project! {
     /// The response future of [`CorrelationService`](super::CorrelationService): runs the inner
@@ -19,21 +39,22 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        config: Arc<CorrelationConfig>,
-        echo: Option<HeaderValue>,
+        // The header to echo the ID in, and the ID.
+        echo: Option<(HeaderName, HeaderValue)>,
+        sensitive: ResponseSensitive,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        config: Arc<CorrelationConfig>,
-        echo: HeaderValue,
+        echo: (HeaderName, HeaderValue),
+        sensitive: ResponseSensitive,
     ) -> Self {
         ResponseFuture {
             inner,
-            config,
             echo: Some(echo),
+            sensitive,
         }
     }
 }
@@ -47,14 +68,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(value)) = (&mut result, this.echo.take()) {
+        if let (Ok(response), Some((name, value))) = (&mut result, this.echo.take()) {
             let headers = response.headers_mut();
-            headers.insert(this.config.headers[0].clone(), value);
-            // Of the usual secrets only cookies travel on responses; a look-up for that one
-            // header is cheaper than scanning every response header.
-            if headers.contains_key(http::header::SET_COOKIE) {
-                this.config.sensitive.mark(headers);
-            }
+            headers.insert(name, value);
+            // A response may carry secrets too (`Set-Cookie`); `mark` rules a header out with
+            // one bit test, cheaper than even one hashed look-up.
+            this.sensitive.headers().mark(headers);
         }
         Poll::Ready(result)
     }
@@ -63,7 +82,7 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("echo", &self.echo)
+            .field("echo", &self.echo.as_ref().map(|(_, id)| id))
             .finish_non_exhaustive()
     }
 }

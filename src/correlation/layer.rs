@@ -21,6 +21,9 @@ pub(crate) struct CorrelationConfig {
     pub(crate) headers: Vec<HeaderName>,
     pub(crate) use_traceparent: bool,
     pub(crate) sensitive: SensitiveHeaders,
+    /// Whether `sensitive` is still [`SensitiveHeaders::default`]: responses then use a
+    /// process-wide copy, so a call takes no reference on the configuration.
+    pub(crate) default_sensitive: bool,
     pub(crate) log_headers: bool,
     #[cfg(feature = "opentelemetry")]
     pub(crate) join_trace: bool,
@@ -40,6 +43,7 @@ impl CorrelationLayer {
                 headers: vec![X_REQUEST_ID],
                 use_traceparent: true,
                 sensitive: SensitiveHeaders::default(),
+                default_sensitive: true,
                 log_headers: false,
                 #[cfg(feature = "opentelemetry")]
                 join_trace: true,
@@ -77,7 +81,9 @@ impl CorrelationLayer {
     /// their `Debug` output hides them) and redacted when logged. Default:
     /// [`SensitiveHeaders::default`].
     pub fn sensitive_headers(mut self, sensitive: SensitiveHeaders) -> Self {
-        Arc::make_mut(&mut self.config).sensitive = sensitive;
+        let config = Arc::make_mut(&mut self.config);
+        config.sensitive = sensitive;
+        config.default_sensitive = false;
         self
     }
 

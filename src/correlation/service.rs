@@ -5,6 +5,7 @@ use http::{HeaderMap, Request, Response};
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::future::ResponseSensitive;
 use super::layer::CorrelationConfig;
 use super::{CorrelationId, ResponseFuture, TRACEPARENT};
 
@@ -139,8 +140,13 @@ where
             });
         }
         req.extensions_mut().insert(id.clone());
-        let echo = id.header_value().clone();
+        let echo = (header.clone(), id.header_value().clone());
+        let sensitive = if config.default_sensitive {
+            ResponseSensitive::Default
+        } else {
+            ResponseSensitive::Custom(config.sensitive.clone())
+        };
         let inner = super::scope(id, self.inner.call(req).instrument(span));
-        ResponseFuture::new(inner, config.clone(), echo)
+        ResponseFuture::new(inner, echo, sensitive)
     }
 }

@@ -11,6 +11,7 @@ use tower_service::Service;
 use super::Replay;
 use super::backoff::Backoff;
 use super::layer::Shared;
+use super::metrics::Ended;
 use crate::classify::{Classify, Outcome, Transience};
 use crate::error::{Error, Retried, RetryStop};
 use crate::timeout::Deadline;
@@ -106,18 +107,27 @@ where
                         return Poll::Pending;
                     };
                     let shared = &**this.shared;
+                    let attempts = *this.attempts;
                     let outcome = shared.classifier.outcome(result.as_ref());
-                    let retry_after = match &outcome {
+                    let class = match &outcome {
                         Outcome::Failure(class)
                             if class.transience == Transience::Transient
                                 || (class.transience == Transience::Unknown
                                     && shared.policy.retry_unknown) =>
                         {
-                            class.retry_after
+                            class
                         }
-                        _ => return Poll::Ready(finish(shared, result, *this.attempts, None)),
+                        _ => {
+                            let ended = match outcome {
+                                Outcome::Success => Ended::success(attempts),
+                                Outcome::Ignored if result.is_ok() => Ended::success(attempts),
+                                _ => Ended::failure(attempts, RetryStop::NotRetryable),
+                            };
+                            shared.metrics.ended(ended);
+                            return Poll::Ready(finish(shared, result, attempts, None));
+                        }
                     };
-                    let stop = if *this.attempts > shared.policy.max_retries {
+                    let stop = if attempts > shared.policy.max_retries {
                         Some(RetryStop::MaxRetries)
                     } else if this.request.is_none() {
                         Some(RetryStop::NotRetryable)
@@ -125,9 +135,10 @@ where
                         None
                     };
                     if let Some(stop) = stop {
-                        return Poll::Ready(finish(shared, result, *this.attempts, Some(stop)));
+                        shared.metrics.ended(Ended::failure(attempts, stop));
+                        return Poll::Ready(finish(shared, result, attempts, Some(stop)));
                     }
-                    let delay = this.backoff.next_delay(retry_after);
+                    let delay = this.backoff.next_delay(class.retry_after);
                     let now = Instant::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
@@ -136,31 +147,27 @@ where
                         .take()
                         .map_or(Duration::ZERO, |started| now - started);
                     let needed = delay.saturating_add(last);
-                    if let Some(deadline) = Deadline::current()
+                    let stop = if let Some(deadline) = Deadline::current()
                         && now
                             .checked_add(needed)
                             .is_none_or(|t| t >= deadline.instant())
                     {
-                        return Poll::Ready(finish(
-                            shared,
-                            result,
-                            *this.attempts,
-                            Some(RetryStop::Deadline),
-                        ));
-                    }
-                    if !shared.budget.try_withdraw() {
-                        return Poll::Ready(finish(
-                            shared,
-                            result,
-                            *this.attempts,
-                            Some(RetryStop::BudgetExhausted),
-                        ));
+                        Some(RetryStop::Deadline)
+                    } else if !shared.budget.try_withdraw() {
+                        Some(RetryStop::BudgetExhausted)
+                    } else {
+                        None
+                    };
+                    if let Some(stop) = stop {
+                        shared.metrics.ended(Ended::failure(attempts, stop));
+                        return Poll::Ready(finish(shared, result, attempts, Some(stop)));
                     }
                     drop(result);
                     tracing::debug!(
                         operation = %shared.operation,
-                        attempt = *this.attempts,
+                        attempt = attempts,
                         delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        reason = %class.code,
                         "palisade: retrying after a transient failure"
                     );
                     if delay.is_zero() {
@@ -177,6 +184,7 @@ where
                 }
                 StateProj::Readying => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        this.shared.metrics.ended(Ended::FailedAfterRetries);
                         return Poll::Ready(Err(retried(
                             this.shared,
                             e,
@@ -200,6 +208,7 @@ where
                         unreachable!("retry decided without a request to send");
                     };
                     let future = this.service.call(request);
+                    shared.metrics.attempt();
                     this.state.set(State::Attempt { future });
                 }
             }

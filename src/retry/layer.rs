@@ -4,6 +4,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::backoff::Rng;
+use super::metrics::RetryMetrics;
 use super::{CloneRequest, Retry, RetryBudget};
 use crate::policy::{Policy, RetryPolicy};
 
@@ -17,6 +18,7 @@ pub struct RetryLayer<C, P = CloneRequest> {
     classifier: C,
     replay: P,
     budget: RetryBudget,
+    metrics: RetryMetrics,
     seed: Option<u64>,
 }
 
@@ -27,14 +29,17 @@ pub(crate) struct Shared<C, P> {
     pub(crate) classifier: C,
     pub(crate) replay: P,
     pub(crate) budget: RetryBudget,
+    pub(crate) metrics: RetryMetrics,
 }
 
 impl<C> RetryLayer<C> {
     /// Retries calls of `operation` as `policy` says, when `classifier` calls the failure
     /// transient (or unknown, with `retry_unknown`).
     pub fn new(operation: impl Into<Arc<str>>, policy: RetryPolicy, classifier: C) -> Self {
+        let operation = operation.into();
         RetryLayer {
-            operation: operation.into(),
+            metrics: RetryMetrics::new(&operation),
+            operation,
             budget: RetryBudget::new(&policy.budget),
             policy,
             classifier,
@@ -58,6 +63,7 @@ impl<C, P> RetryLayer<C, P> {
             classifier: self.classifier,
             replay,
             budget: self.budget,
+            metrics: self.metrics,
             seed: self.seed,
         }
     }
@@ -102,6 +108,7 @@ impl<C: Clone, P: Clone> Clone for RetryLayer<C, P> {
             classifier: self.classifier.clone(),
             replay: self.replay.clone(),
             budget: self.budget.clone(),
+            metrics: self.metrics.clone(),
             seed: self.seed,
         }
     }
@@ -129,6 +136,7 @@ impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
             classifier: self.classifier.clone(),
             replay: self.replay.clone(),
             budget: self.budget.clone(),
+            metrics: self.metrics.clone(),
         });
         let rng = self.seed.map_or_else(Rng::from_entropy, Rng::seeded);
         Retry::new(inner, shared, rng)

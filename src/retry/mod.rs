@@ -63,6 +63,14 @@
 //! made and why it stopped ([`RetryStop`](crate::error::RetryStop)). A final response is
 //! returned as it is ([`HttpReplay`] notes the attempts in an [`Attempts`] extension).
 //!
+//! # Metrics and events
+//!
+//! With the feature `metrics`, the layer counts every call by how it ended
+//! (`palisade_retries_total{operation, outcome}`) and every retry attempt sent
+//! (`palisade_retry_attempts_total{operation}`), through handles registered when the layer is
+//! made (install the recorder first). Each retry is a DEBUG `tracing` event with its delay and
+//! the failure's classification code as `reason`. See `docs/metrics.md`.
+//!
 //! # Stacking with timeouts
 //!
 //! Put the total timeout outside and the attempt timeout inside:
@@ -76,6 +84,7 @@ mod future;
 #[cfg(feature = "http")]
 mod http;
 mod layer;
+mod metrics;
 mod replay;
 mod service;
 

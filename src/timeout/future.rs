@@ -9,6 +9,7 @@ use tokio::time::Sleep;
 
 use super::InFlight;
 use super::deadline::Deadline;
+use super::layer::Shared;
 use crate::error::{Error, TimeoutError, TimeoutKind};
 
 pin_project! {
@@ -46,8 +47,8 @@ pin_project! {
 /// count, so concurrent calls share no written cache line through it.
 #[derive(Debug)]
 pub(crate) enum Listing {
-    /// Not listed; the future keeps the name.
-    Off(Arc<str>),
+    /// Not listed; the future keeps the layer's name and metric handles.
+    Off(Arc<Shared>),
     Global {
         registry: &'static InFlight,
         id: u16,
@@ -61,11 +62,15 @@ pub(crate) enum Listing {
 }
 
 impl Listing {
-    fn operation(&self) -> Arc<str> {
+    /// The call timed out: counts it, and returns the operation's name for the error.
+    fn timed_out(&self, kind: TimeoutKind) -> Arc<str> {
         let found = match self {
-            Listing::Off(name) => return name.clone(),
-            Listing::Global { registry, id, .. } => registry.operation_name(*id),
-            Listing::Custom { registry, id, .. } => registry.operation_name(*id),
+            Listing::Off(shared) => {
+                shared.metrics.fired(kind);
+                return shared.operation.clone();
+            }
+            Listing::Global { registry, id, .. } => registry.timed_out(*id, kind),
+            Listing::Custom { registry, id, .. } => registry.timed_out(*id, kind),
         };
         found.unwrap_or_else(|| Arc::from("unknown"))
     }
@@ -101,11 +106,11 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn expired(operation: Arc<str>) -> Self {
+    pub(crate) fn expired(shared: Arc<Shared>) -> Self {
         ResponseFuture {
             state: State::Expired,
             timer: Timer::Unarmed,
-            call: Listing::Off(operation),
+            call: Listing::Off(shared),
         }
     }
 }
@@ -120,9 +125,16 @@ where
         let mut this = self.project();
         let (deadline, kind, limit) = match this.state.project() {
             StateProj::Expired => {
+                let operation = this.call.timed_out(TimeoutKind::DeadlineExpired);
+                // Nothing was called: the caller upstream has already given up.
+                tracing::debug!(
+                    operation = %operation,
+                    kind = TimeoutKind::DeadlineExpired.as_str(),
+                    "palisade: deadline already expired, call not made"
+                );
                 return Poll::Ready(Err(Error::Timeout(TimeoutError {
                     kind: TimeoutKind::DeadlineExpired,
-                    operation: this.call.operation(),
+                    operation,
                     limit: Duration::ZERO,
                 })));
             }
@@ -148,15 +160,27 @@ where
         }
         let error = TimeoutError {
             kind,
-            operation: this.call.operation(),
+            operation: this.call.timed_out(kind),
             limit,
         };
-        tracing::debug!(
-            operation = %error.operation,
-            kind = kind.as_str(),
-            limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-            "palisade: timeout fired"
-        );
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        // A total timeout fails the call for its caller: WARN. An attempt timeout is one
+        // attempt of several (retry decides, and logs, what follows): DEBUG.
+        if kind == TimeoutKind::Total {
+            tracing::warn!(
+                operation = %error.operation,
+                kind = kind.as_str(),
+                limit_ms,
+                "palisade: timeout fired"
+            );
+        } else {
+            tracing::debug!(
+                operation = %error.operation,
+                kind = kind.as_str(),
+                limit_ms,
+                "palisade: timeout fired"
+            );
+        }
         Poll::Ready(Err(Error::Timeout(error)))
     }
 }

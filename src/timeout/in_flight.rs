@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::metrics::TimeoutMetrics;
+use crate::error::TimeoutKind;
+
 /// Bits of a slot holding the start time, in microseconds since the registry was made
 /// (2^48 µs is about 8.9 years).
 const TIME_BITS: u32 = 48;
@@ -36,7 +39,14 @@ struct Registry {
     base: Instant,
     slots: Box<[AtomicU64]>,
     untracked: AtomicUsize,
-    operations: Mutex<Vec<Arc<str>>>,
+    operations: Mutex<Vec<Operation>>,
+}
+
+/// An operation registered by a layer: its name, and the metric handles of the last layer
+/// built for it (read only when one of its calls times out).
+struct Operation {
+    name: Arc<str>,
+    metrics: TimeoutMetrics,
 }
 
 /// One call in flight, as seen by [`InFlight::snapshot`].
@@ -84,7 +94,9 @@ impl InFlight {
             .operations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+            .iter()
+            .map(|op| op.name.clone())
+            .collect::<Vec<_>>();
         let mut calls: Vec<InFlightCall> = registry
             .slots
             .iter()
@@ -129,17 +141,29 @@ impl InFlight {
         self.registry.slots.len()
     }
 
-    /// The id of an operation, registering it on first use. Called when a layer is built.
-    pub(crate) fn operation_id(&self, operation: &Arc<str>) -> Option<u16> {
+    /// The id of an operation, registering it on first use. Called when a layer is built,
+    /// with that layer's metric handles (which replace those of an earlier layer of the same
+    /// operation: the same series, unless the recorder changed since).
+    pub(crate) fn operation_id(
+        &self,
+        operation: &Arc<str>,
+        metrics: &TimeoutMetrics,
+    ) -> Option<u16> {
         let mut operations = self
             .registry
             .operations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let index = match operations.iter().position(|op| op == operation) {
-            Some(index) => index,
+        let index = match operations.iter().position(|op| op.name == *operation) {
+            Some(index) => {
+                operations[index].metrics = metrics.clone();
+                index
+            }
             None if operations.len() < MAX_OPERATIONS => {
-                operations.push(operation.clone());
+                operations.push(Operation {
+                    name: operation.clone(),
+                    metrics: metrics.clone(),
+                });
                 operations.len() - 1
             }
             None => return None,
@@ -152,14 +176,16 @@ impl InFlight {
         Arc::ptr_eq(&self.registry, &InFlight::global().registry)
     }
 
-    /// The name registered under `id`.
-    pub(crate) fn operation_name(&self, id: u16) -> Option<Arc<str>> {
+    /// A call of operation `id` timed out: counts it, and returns the operation's name.
+    pub(crate) fn timed_out(&self, id: u16, kind: TimeoutKind) -> Option<Arc<str>> {
         let operations = self
             .registry
             .operations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        operations.get(usize::from(id).checked_sub(1)?).cloned()
+        let operation = operations.get(usize::from(id).checked_sub(1)?)?;
+        operation.metrics.fired(kind);
+        Some(operation.name.clone())
     }
 
     /// Records a call of operation `id` starting `now`; returns its slot, or `None` if it
@@ -236,9 +262,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lists_calls_longest_first_and_counts_overflow() {
         let registry = InFlight::with_capacity(2);
-        let a = registry.operation_id(&Arc::from("a")).unwrap();
-        let b = registry.operation_id(&Arc::from("b")).unwrap();
-        assert_eq!(registry.operation_id(&Arc::from("a")), Some(a));
+        let none = TimeoutMetrics::default();
+        let a = registry.operation_id(&Arc::from("a"), &none).unwrap();
+        let b = registry.operation_id(&Arc::from("b"), &none).unwrap();
+        assert_eq!(registry.operation_id(&Arc::from("a"), &none), Some(a));
         let first = registry.start(a, Instant::now());
         tokio::time::advance(Duration::from_millis(30)).await;
         let second = registry.start(b, Instant::now());

@@ -4,6 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::deadline::TaskDeadlineOnly;
+use super::metrics::TimeoutMetrics;
 use super::{InFlight, Timeout};
 use crate::error::TimeoutKind;
 use crate::policy::{Policy, TimeoutPolicy};
@@ -23,6 +24,7 @@ pub(crate) struct Shared {
     pub(crate) kind: TimeoutKind,
     pub(crate) limit: Duration,
     pub(crate) in_flight: ListIn,
+    pub(crate) metrics: TimeoutMetrics,
 }
 
 /// Where a layer lists its calls.
@@ -35,8 +37,8 @@ pub(crate) enum ListIn {
 }
 
 impl ListIn {
-    fn new(registry: &InFlight, operation: &Arc<str>) -> Self {
-        match registry.operation_id(operation) {
+    fn new(registry: &InFlight, operation: &Arc<str>, metrics: &TimeoutMetrics) -> Self {
+        match registry.operation_id(operation, metrics) {
             None => ListIn::Nowhere,
             Some(id) if registry.is_global() => ListIn::Global(InFlight::global(), id),
             Some(id) => ListIn::Registry(registry.clone(), id),
@@ -49,13 +51,15 @@ impl TimeoutLayer {
     /// for `operation`, listed in [`InFlight::global`].
     pub fn new(operation: impl Into<Arc<str>>, kind: TimeoutKind, limit: Duration) -> Self {
         let operation = operation.into();
-        let in_flight = ListIn::new(InFlight::global(), &operation);
+        let metrics = TimeoutMetrics::new(&operation);
+        let in_flight = ListIn::new(InFlight::global(), &operation, &metrics);
         TimeoutLayer {
             shared: Arc::new(Shared {
                 operation,
                 kind,
                 limit,
                 in_flight,
+                metrics,
             }),
             extract: TaskDeadlineOnly,
         }
@@ -87,7 +91,7 @@ impl<X> TimeoutLayer<X> {
     #[must_use]
     pub fn with_in_flight(self, in_flight: &InFlight) -> Self {
         let mut shared = self.shared_parts();
-        shared.in_flight = ListIn::new(in_flight, &shared.operation);
+        shared.in_flight = ListIn::new(in_flight, &shared.operation, &shared.metrics);
         TimeoutLayer {
             shared: Arc::new(shared),
             extract: self.extract,
@@ -141,6 +145,7 @@ impl<X> TimeoutLayer<X> {
             kind: self.shared.kind,
             limit: self.shared.limit,
             in_flight: self.shared.in_flight.clone(),
+            metrics: self.shared.metrics.clone(),
         }
     }
 }

@@ -55,6 +55,14 @@
 //! unless told otherwise), so an operator can see what is running and for how long. It costs
 //! one compare-and-swap when a call starts and one store when it ends.
 //!
+//! # Metrics and events
+//!
+//! With the feature `metrics`, every timeout counts in `palisade_timeouts_total{operation,
+//! kind}` (`total`, `attempt`, `deadline`), through handles registered when the layer is made
+//! (install the recorder first). A total timeout is a WARN `tracing` event (the call failed
+//! for its caller); an attempt timeout and an expired deadline are DEBUG. See
+//! `docs/metrics.md`.
+//!
 //! # Errors
 //!
 //! [`Error::Timeout`](crate::Error::Timeout) with a [`TimeoutError`](crate::error::TimeoutError)
@@ -65,6 +73,7 @@ mod deadline;
 mod future;
 mod in_flight;
 mod layer;
+mod metrics;
 #[cfg(feature = "http")]
 mod propagate;
 mod service;

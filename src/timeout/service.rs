@@ -66,7 +66,7 @@ where
         };
         let (deadline, kind, limit) = match upstream {
             Some(up) if up.instant() <= now => {
-                return ResponseFuture::expired(shared.operation.clone());
+                return ResponseFuture::expired(self.shared.clone());
             }
             // The deadline from upstream binds: report it as the total budget it is, with
             // the time that was left.
@@ -74,7 +74,7 @@ where
             _ => (own, shared.kind, shared.limit),
         };
         let listing = match &shared.in_flight {
-            ListIn::Nowhere => Listing::Off(shared.operation.clone()),
+            ListIn::Nowhere => Listing::Off(self.shared.clone()),
             ListIn::Global(registry, id) => Listing::Global {
                 registry,
                 id: *id,
