@@ -71,16 +71,17 @@ fn the_whole_stack_allocates_nothing_per_call() {
         let by_name = ResilienceLayer::from_policies(policies.clone(), SelfClassified)
             .with_replay(CloneRequest)
             .with_select(ByName::new("ledger_read"))
+            .without_correlation()
             .layer(yields());
         assert_eq!(allocations(by_name, |i| i, 1000).await, 0, "stack, by name");
 
         // Selection by route on an `http::Request` (built outside the count).
-        let by_route = ResilienceLayer::from_policies(policies, SelfClassified).layer(service_fn(
-            |r: http::Request<()>| async move {
+        let by_route = ResilienceLayer::from_policies(policies, SelfClassified)
+            .without_correlation()
+            .layer(service_fn(|r: http::Request<()>| async move {
                 tokio::task::yield_now().await;
                 Ok::<_, Never>(r.method().as_str().len())
-            },
-        ));
+            }));
         let requests: Vec<_> = (0..1001)
             .map(|_| http::Request::get("/balance").body(()).unwrap())
             .collect();

@@ -58,7 +58,8 @@ policies:
 #[tokio::test(start_paused = true)]
 async fn one_operation_failing_never_blocks_another() {
     let layer =
-        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified)
+            .without_correlation();
     let handle = layer.handle();
     let svc = layer.layer(backend());
 
@@ -126,7 +127,8 @@ async fn one_operation_failing_never_blocks_another() {
 async fn services_of_one_layer_share_the_operation_state() {
     // axum's Router::layer builds one service per route: they must share one breaker.
     let layer =
-        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified)
+            .without_correlation();
     let a = layer.layer(backend());
     let b = layer.layer(backend());
     a.oneshot(request("payment_gateway", "/fail"))
@@ -153,8 +155,9 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
         }
     });
     let policies = Policies::from_yaml_str(TABLE).unwrap();
-    let plain =
-        ResilienceLayer::from_policies(policies.clone(), SelfClassified).layer(counting.clone());
+    let plain = ResilienceLayer::from_policies(policies.clone(), SelfClassified)
+        .without_correlation()
+        .layer(counting.clone());
     match plain.oneshot(request("legacy_export", "/x")).await {
         Err(Error::OperationDisabled(off)) => assert_eq!(&*off.operation, "legacy_export"),
         other => panic!("expected the kill switch, got {other:?}"),
@@ -164,18 +167,21 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
     let codes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = codes.clone();
     let degraded = ResilienceLayer::from_policies(policies, SelfClassified)
-        .with_fallback(fallback_fn(move |f: Failure<std::io::Error>| {
-            let log = log.clone();
-            async move {
-                log.lock()
-                    .unwrap()
-                    .push((f.operation.to_string(), f.code().unwrap().to_owned()));
-                match f.code() {
-                    Some("operation_disabled" | "circuit_open") => Ok("cached"),
-                    _ => Err(f.into_error()),
+        .without_correlation()
+        .with_fallback(fallback_fn(
+            move |f: Failure<&'static str, std::io::Error>| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .unwrap()
+                        .push((f.operation.to_string(), f.code().unwrap().to_owned()));
+                    match f.code() {
+                        Some("operation_disabled" | "circuit_open") => Ok("cached"),
+                        _ => f.decline(),
+                    }
                 }
-            }
-        }))
+            },
+        ))
         .layer(counting);
     assert_eq!(
         degraded
@@ -223,7 +229,9 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
 #[tokio::test(start_paused = true)]
 async fn a_reload_applies_to_the_next_call_while_calls_in_flight_keep_their_policy() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .layer(backend());
 
     // Started under a 5 s timeout; takes 2 s.
     let in_flight = tokio::spawn(svc.clone().oneshot(request("quote", "/slow/2000")));
@@ -253,7 +261,9 @@ async fn a_reload_applies_to_the_next_call_while_calls_in_flight_keep_their_poli
 #[tokio::test(start_paused = true)]
 async fn an_invalid_reload_is_rejected_and_the_running_table_stays() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .layer(backend());
     let err = store
         .reload_from_str(&TABLE.replace("enabled: false", "enabled: maybe"))
         .unwrap_err();
@@ -269,7 +279,7 @@ async fn an_invalid_reload_is_rejected_and_the_running_table_stays() {
 #[tokio::test(start_paused = true)]
 async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operations_go() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let layer = ResilienceLayer::new(store.clone(), SelfClassified);
+    let layer = ResilienceLayer::new(store.clone(), SelfClassified).without_correlation();
     let handle = layer.handle();
     let svc = layer.layer(backend());
     for _ in 0..2 {

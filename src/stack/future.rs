@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::fallback::{Failure, Fallback};
-use crate::classify::Classify;
+use crate::classify::{Classification, Classify, Outcome};
 use crate::error::Error;
 
 /// The nested error of an operation's layers, folded into one [`Error`]. A call that failed
@@ -129,7 +129,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let error = match this.state.as_mut().project() {
+            let (result, classification) = match this.state.as_mut().project() {
                 StateProj::Readying { service, request } => match ready!(service.poll_ready(cx)) {
                     Ok(()) => {
                         let Some(request) = request.take() else {
@@ -139,34 +139,104 @@ where
                         this.state.set(State::Called { future });
                         continue;
                     }
-                    Err(e) => e.into_stack_error(),
+                    Err(e) => error_of(e.into_stack_error(), this.classifier),
                 },
                 StateProj::Called { future } => match ready!(future.poll(cx)) {
-                    Ok(response) => return Poll::Ready(Ok(response)),
-                    Err(e) => e.into_stack_error(),
+                    Ok(response) => {
+                        if !this.fallback.on_responses() {
+                            return Poll::Ready(Ok(response));
+                        }
+                        // A response the classifier calls a failure (a 503 after the retries)
+                        // goes to the fallback too.
+                        match this.classifier.classify(Ok(&response)) {
+                            Some(Outcome::Failure(class)) => (Ok(response), Some(class)),
+                            _ => return Poll::Ready(Ok(response)),
+                        }
+                    }
+                    Err(e) => error_of(e.into_stack_error(), this.classifier),
                 },
-                StateProj::Refused { error } => error
-                    .take()
-                    .expect("palisade stack ResponseFuture polled after completion"),
+                StateProj::Refused { error } => error_of(
+                    error
+                        .take()
+                        .expect("palisade stack ResponseFuture polled after completion"),
+                    this.classifier,
+                ),
                 StateProj::Fallback { future } => return future.poll(cx),
             };
-            let classification = match error.last_attempt() {
-                Error::Inner(e) => this.classifier.outcome(Err(e)).classification().cloned(),
-                other => other.layer_classification(),
-            };
-            // Seam for the error-metrics layer (issue 5): this is where the original
-            // classification of a failure answered by a fallback is known.
-            tracing::debug!(
-                operation = %this.operation,
-                code = classification.as_ref().map_or("unclassified", |c| c.code.as_str()),
-                "palisade stack: call failed, asking the fallback"
-            );
+            record_fallback(this.operation, classification.as_ref());
             let future = this.fallback.recover(Failure {
                 operation: this.operation.clone(),
-                error,
+                result,
                 classification,
             });
             this.state.set(State::Fallback { future });
         }
+    }
+}
+
+/// An error and its classification: a layer's own, or the classifier's verdict on the
+/// service's error.
+fn error_of<Res, E, C: Classify<Res, E>>(
+    error: Error<E>,
+    classifier: &C,
+) -> (Result<Res, Error<E>>, Option<Classification>) {
+    let classification = match error.last_attempt() {
+        Error::Inner(e) => classifier.outcome(Err(e)).classification().cloned(),
+        other => other.layer_classification(),
+    };
+    (Err(error), classification)
+}
+
+/// Counts a failure handed to the fallback, with its original classification, and logs it at
+/// DEBUG. The fallback path is cold (a failed call), so the counter is looked up here.
+fn record_fallback(operation: &Arc<str>, classification: Option<&Classification>) {
+    let code = classification.map_or("unclassified", |c| c.code.as_str());
+    tracing::debug!(
+        operation = %operation,
+        code,
+        "palisade stack: call failed, asking the fallback"
+    );
+    #[cfg(feature = "metrics")]
+    super::metrics::record_fallback(operation, classification);
+}
+
+#[cfg(feature = "metrics")]
+pin_project! {
+    /// The response future of [`Resilience`](super::Resilience): the stack's
+    /// [`ResponseFuture`], recorded by the stack's error metrics unless they are off
+    /// ([`without_metrics`](super::ResilienceLayer::without_metrics)).
+    #[project = MeteredProj]
+    #[allow(missing_docs)]
+    pub enum MeteredFuture<F, C> {
+        /// Recorded by [`ErrorMetricsLayer`](crate::metrics::ErrorMetricsLayer)'s future.
+        Metered { #[pin] future: crate::metrics::ResponseFuture<F, C> },
+        /// Not recorded.
+        Plain { #[pin] future: F },
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F, C, T, E> Future for MeteredFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            MeteredProj::Metered { future } => future.poll(cx),
+            MeteredProj::Plain { future } => future.poll(cx),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F, C> std::fmt::Debug for MeteredFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeteredFuture::Metered { .. } => "MeteredFuture::Metered",
+            MeteredFuture::Plain { .. } => "MeteredFuture::Plain",
+        })
     }
 }

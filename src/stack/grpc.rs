@@ -8,6 +8,9 @@
 //! | kill switch (`enabled: false`) | `UNAVAILABLE` | |
 //! | the service's own status | itself | |
 //!
+//! A refusal made while a correlation ID is current (inside the stack's correlation layer, or
+//! in a client call made while handling a request) carries it in `x-request-id` metadata.
+//!
 //! On a server, [`GrpcStatusLayer`] (or [`ResilienceLayer::grpc_statuses`](super::ResilienceLayer::grpc_statuses))
 //! makes the stack an infallible HTTP service answering refusals with trailers-only gRPC
 //! responses, for `tonic::transport::Server::builder().layer(..)`; operations are selected by
@@ -50,6 +53,14 @@ pub fn layer_status<E>(error: &Error<E>) -> Option<Status> {
         Error::OperationDisabled(off) => (Status::unavailable(off.to_string()), None),
         _ => return None,
     };
+    // The request's ID, when made inside a correlation scope (a server stack's handler, or a
+    // client call made while handling a request), so the caller can quote it.
+    #[cfg(feature = "correlation")]
+    if let Some(id) = crate::correlation::CorrelationId::current()
+        && let Ok(value) = MetadataValue::try_from(id.as_str())
+    {
+        status.metadata_mut().insert("x-request-id", value);
+    }
     if let Some(wait) = pushback {
         let millis =
             u64::try_from(wait.max(Duration::from_millis(1)).as_millis()).unwrap_or(u64::MAX);
@@ -110,6 +121,10 @@ pub struct GrpcStatuses<S> {
 }
 
 impl<S> GrpcStatuses<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        GrpcStatuses { inner }
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner

@@ -138,7 +138,11 @@ pub struct ResilientClient {
 impl ResilientClient {
     /// `client` under `store`'s policies.
     pub fn new(client: reqwest::Client, store: PolicyStore) -> Self {
+        // A client has no incoming request to take an ID from: its requests carry the current
+        // one only if the caller wraps the client in `PropagateCorrelation` (or uses
+        // `with_correlation()` on the request builder).
         let layer = ResilienceLayer::new(store, HttpStatus::new().or(TransportErrors))
+            .without_correlation()
             .with_replay(ClientReplay)
             .with_select(ClientSelect)
             .with_breakers(PerKey::new(host_of as HostKey));

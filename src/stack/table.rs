@@ -29,6 +29,9 @@ pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
 pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
     pub(crate) service: OperationService<S, C, P, B>,
+    /// The `operation` label of the stack's error metrics, its keys built once.
+    #[cfg(feature = "metrics")]
+    pub(crate) label: crate::metrics::Operation,
 }
 
 impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
@@ -45,6 +48,8 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let total = TimeoutLayer::total_from(policy).layer(retry);
         let service = state.bulkhead.layer(total);
         OperationStack {
+            #[cfg(feature = "metrics")]
+            label: crate::metrics::Operation::new(super::metrics::label(policy.name_arc())),
             policy: policy.clone(),
             service,
         }
