@@ -324,3 +324,113 @@ async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operati
         "ok"
     );
 }
+
+/// A 503 the classifier calls a failure reaches the fallback once the retries are spent,
+/// with its classification, and is counted in `palisade_fallbacks_total`; the caller's
+/// outcome (what `palisade_requests_total` records) is the fallback's answer.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn a_failed_response_goes_to_the_fallback_after_the_retries() {
+    use http::{Response, StatusCode};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use palisade::classify::HttpStatus;
+    use palisade::retry::CloneRequest;
+    use palisade::stack::{ByName, FALLBACKS_TOTAL};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let pricing = service_fn(move |status: u16| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = Response::new("from pricing");
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, std::io::Error>(r)
+        }
+    });
+    let policies = Policies::from_yaml_str(
+        "policies:\n  pricing: { retry: { max_retries: 2 }, circuit_breaker: { consecutive_failures: 100 } }\n",
+    )
+    .unwrap();
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = failures.clone();
+    let svc = ResilienceLayer::from_policies(policies, HttpStatus::new())
+        .without_correlation()
+        .with_select(ByName::new("pricing"))
+        .with_replay(CloneRequest)
+        .with_fallback(fallback_fn(
+            move |f: Failure<Response<&'static str>, std::io::Error>| {
+                log.lock().unwrap().push((
+                    f.code().map(str::to_owned),
+                    f.response().map(|r| r.status().as_u16()),
+                ));
+                async move {
+                    match f.response().map(|r| r.status()) {
+                        // Served from a cache...
+                        Some(StatusCode::SERVICE_UNAVAILABLE) => Ok(Response::new("cached")),
+                        // ...or let through as it was.
+                        _ => f.decline(),
+                    }
+                }
+            },
+        ))
+        .layer(pricing);
+
+    let answer = svc.clone().oneshot(503).await.unwrap();
+    assert_eq!(*answer.body(), "cached");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "first attempt and two retries");
+    // Declined: the caller gets the original response.
+    let declined = svc.clone().oneshot(404).await.unwrap();
+    assert_eq!(declined.status(), 404);
+    assert_eq!(*declined.body(), "from pricing");
+    // A success never reaches the fallback.
+    assert_eq!(svc.oneshot(200).await.unwrap().status(), 200);
+    assert_eq!(
+        *failures.lock().unwrap(),
+        [
+            (Some("http_503".to_owned()), Some(503)),
+            (Some("http_404".to_owned()), Some(404)),
+        ]
+    );
+
+    let mut fallbacks = Vec::new();
+    let mut outcomes = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let label = |name: &str| {
+            key.key()
+                .labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+        };
+        let DebugValue::Counter(n) = value else {
+            continue;
+        };
+        if key.key().name() == FALLBACKS_TOTAL {
+            fallbacks.push((label("operation"), label("code"), label("transience"), n));
+        }
+        if key.key().name() == "palisade_requests_total" {
+            outcomes.push((label("operation"), label("outcome"), n));
+        }
+    }
+    fallbacks.sort();
+    outcomes.sort();
+    let s = |x: &str| Some(x.to_owned());
+    assert_eq!(
+        fallbacks,
+        [
+            (s("pricing"), s("http_404"), s("persistent"), 1),
+            (s("pricing"), s("http_503"), s("transient"), 1),
+        ]
+    );
+    // The cached answer is a success for the caller; the declined 404 stays a failure.
+    assert_eq!(
+        outcomes,
+        [
+            (s("pricing"), s("failure"), 1),
+            (s("pricing"), s("success"), 2)
+        ]
+    );
+}
