@@ -29,8 +29,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::counted::CountedFailures;
 use super::events::{CircuitState, OperatorMode, Transition, TransitionReason};
+use super::settings::{PROBE_LIMIT, Settings, nanos};
 use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
 use crate::policy::CircuitBreakerPolicy;
@@ -47,8 +47,6 @@ const COUNT_SHIFT: u32 = 4;
 const COUNT_MASK: u64 = ((1 << 28) - 1) << COUNT_SHIFT;
 const PROBE_ONE: u64 = 1 << COUNT_SHIFT;
 const PROBE_BITS: u32 = 14;
-/// The most probes in flight, and the most successes counted, in one half-open period.
-pub(crate) const PROBE_LIMIT: u32 = (1 << PROBE_BITS) - 1;
 const SUCCESS_ONE: u64 = 1 << (COUNT_SHIFT + PROBE_BITS);
 const GEN_SHIFT: u32 = 32;
 
@@ -81,62 +79,6 @@ fn next_word(word: u64, state: u64) -> u64 {
     (u64::from(gen_of(word).wrapping_add(1)) << GEN_SHIFT) | (word & MODE_MASK) | state
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// A breaker's rules, read from its policy once.
-#[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) consecutive_failures: u32,
-    pub(crate) failure_rate: f64,
-    pub(crate) minimum_calls: u64,
-    pub(crate) open_timeout: Duration,
-    pub(crate) open_multiplier: f64,
-    pub(crate) open_max: Duration,
-    pub(crate) open_jitter: f64,
-    pub(crate) half_open_max_requests: u32,
-    pub(crate) success_threshold: u32,
-    pub(crate) half_open_max: u64,
-    pub(crate) slow_call: Option<u64>,
-    pub(crate) slow_call_rate: f64,
-    /// A close is stable, and the open time falls back to `open_timeout`, once the breaker has
-    /// stayed closed this long.
-    pub(crate) stable_after: u64,
-    pub(crate) counted: CountedFailures,
-}
-
-impl Settings {
-    pub(crate) fn new(
-        policy: &CircuitBreakerPolicy,
-        counted: CountedFailures,
-        open_jitter: Option<f64>,
-    ) -> Self {
-        let multiplier = if policy.open_timeout_multiplier.is_finite() {
-            policy.open_timeout_multiplier.max(1.0)
-        } else {
-            1.0
-        };
-        let default_jitter = if multiplier > 1.0 { 0.1 } else { 0.0 };
-        Settings {
-            consecutive_failures: policy.consecutive_failures,
-            failure_rate: policy.failure_rate,
-            minimum_calls: u64::from(policy.minimum_calls.max(1)),
-            open_timeout: policy.open_timeout,
-            open_multiplier: multiplier,
-            open_max: policy.open_timeout_max.max(policy.open_timeout),
-            open_jitter: open_jitter.unwrap_or(default_jitter).clamp(0.0, 1.0),
-            half_open_max_requests: policy.half_open_max_requests.clamp(1, PROBE_LIMIT),
-            success_threshold: policy.success_threshold.clamp(1, PROBE_LIMIT),
-            half_open_max: nanos(policy.half_open_max_duration),
-            slow_call: policy.slow_call_duration.map(nanos),
-            slow_call_rate: policy.slow_call_rate,
-            stable_after: nanos(policy.window),
-            counted,
-        }
-    }
-}
-
 /// The part of the state only transitions touch.
 #[derive(Debug)]
 struct Slow {
@@ -144,6 +86,9 @@ struct Slow {
     streak: u32,
     closed_at: u64,
     rng: u64,
+    /// The `enabled` of the policy last applied, to tell a policy that turns the breaker off or
+    /// on from one that leaves an operator's mode alone.
+    enabled: bool,
 }
 
 pub(crate) type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
@@ -230,6 +175,7 @@ impl Breaker {
         settings: Settings,
         window: Window,
         mode: OperatorMode,
+        enabled: bool,
         sinks: Sinks,
     ) -> Self {
         let base = Instant::now();
@@ -259,6 +205,7 @@ impl Breaker {
                 streak: 0,
                 closed_at: 0,
                 rng: seed,
+                enabled,
             }),
             sinks,
         }
@@ -271,7 +218,7 @@ impl Breaker {
     }
 
     pub(crate) fn needs_start_time(&self) -> bool {
-        self.settings.slow_call.is_some()
+        self.settings.slow_call().is_some()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
@@ -300,7 +247,7 @@ impl Breaker {
                 OperatorMode::Disabled => return Admission::Pass,
                 OperatorMode::ForcedOpen => {
                     self.rejections.fetch_add(1, Ordering::Relaxed);
-                    return Admission::Reject(self.settings.open_timeout);
+                    return Admission::Reject(self.settings.open_timeout());
                 }
                 OperatorMode::MetricsOnly => true,
                 OperatorMode::Normal => false,
@@ -322,7 +269,7 @@ impl Breaker {
                     let deadline = self.half_open_deadline.load(Ordering::Acquire);
                     if now >= deadline {
                         self.reopen(gen_of(word), now, TransitionReason::HalfOpenTimedOut);
-                    } else if probes_of(word) >= self.settings.half_open_max_requests {
+                    } else if probes_of(word) >= self.settings.half_open_max_requests() {
                         return self.reject(shadow, Duration::from_nanos(deadline - now));
                     } else if self
                         .word
@@ -358,7 +305,7 @@ impl Breaker {
     pub(crate) fn closed_for(&self) -> Option<Duration> {
         let word = self.word.0.load(Ordering::Acquire);
         match mode_of(word) {
-            OperatorMode::ForcedOpen => Some(self.settings.open_timeout),
+            OperatorMode::ForcedOpen => Some(self.settings.open_timeout()),
             OperatorMode::Normal if state_of(word) == OPEN => {
                 let until = self.open_until.load(Ordering::Acquire);
                 let now = self.now();
@@ -387,14 +334,9 @@ impl Breaker {
         if gen_of(word) != generation {
             return;
         }
-        // A success only needs to know its bucket: `record_time` gives a time in it, and
-        // nothing below reads `now` for anything else.
-        let now = match now {
-            Some(now) => now,
-            None if self.window.needs_clock() => self.window.record_time(self.base, Instant::now()),
-            None => 0,
-        };
-        self.window.record(now, Sample::SUCCESS, stripe);
+        // A success only needs to know its bucket: the window reads the clock only if it is a
+        // time window, and then only to find the bucket.
+        self.window.record_success(self.base, now, stripe);
         if count_of(word) != 0 {
             self.clear_consecutive(word, generation);
         }
@@ -436,7 +378,7 @@ impl Breaker {
             return;
         }
         let run = self.add_consecutive(word, generation);
-        let threshold = self.settings.consecutive_failures;
+        let threshold = self.settings.consecutive_failures();
         if threshold > 0 && run >= threshold {
             let now = if now == 0 { self.now() } else { now };
             self.trip(
@@ -494,18 +436,18 @@ impl Breaker {
             self.now()
         };
         let totals = self.window.totals(now);
-        if totals.calls < self.settings.minimum_calls {
+        if totals.calls < self.settings.minimum_calls() {
             return;
         }
-        if failure && totals.failure_rate() >= self.settings.failure_rate {
+        if failure && totals.failure_rate() >= self.settings.failure_rate() {
             let reason = TransitionReason::FailureRate {
                 rate: totals.failure_rate(),
                 calls: totals.calls,
             };
             self.trip(generation, now, reason);
         } else if slow
-            && self.settings.slow_call.is_some()
-            && totals.slow_rate() >= self.settings.slow_call_rate
+            && self.settings.slow_call().is_some()
+            && totals.slow_rate() >= self.settings.slow_call_rate()
         {
             let reason = TransitionReason::SlowCallRate {
                 rate: totals.slow_rate(),
@@ -526,7 +468,7 @@ impl Breaker {
             self.reopen(generation, now, TransitionReason::HalfOpenTimedOut);
             return;
         }
-        let slow = slow && self.settings.slow_call.is_some();
+        let slow = slow && self.settings.slow_call().is_some();
         if verdict == Verdict::Failure || (verdict == Verdict::Success && slow) {
             self.reopen(generation, now, TransitionReason::ProbeFailed);
             return;
@@ -546,7 +488,7 @@ impl Breaker {
             {
                 Ok(_) => {
                     if verdict == Verdict::Success
-                        && successes_of(next) >= self.settings.success_threshold
+                        && successes_of(next) >= self.settings.success_threshold()
                     {
                         self.close(generation, now);
                     }
@@ -595,17 +537,19 @@ impl Breaker {
 
     fn open_for(&self, slow: &mut Slow) -> Duration {
         let s = &self.settings;
+        let open_max = s.open_max();
         let grown =
-            s.open_timeout.as_secs_f64() * s.open_multiplier.powi(slow.streak.min(1024) as i32);
-        let mut open = if grown.is_finite() && grown < s.open_max.as_secs_f64() {
+            s.open_timeout().as_secs_f64() * s.open_multiplier().powi(slow.streak.min(1024) as i32);
+        let mut open = if grown.is_finite() && grown < open_max.as_secs_f64() {
             Duration::from_secs_f64(grown)
         } else {
-            s.open_max
+            open_max
         };
-        if s.open_jitter > 0.0 {
+        let jitter = s.open_jitter();
+        if jitter > 0.0 {
             slow.rng = splitmix(slow.rng);
             let unit = (slow.rng >> 11) as f64 / (1u64 << 53) as f64;
-            open = open.mul_f64(1.0 - s.open_jitter * unit);
+            open = open.mul_f64(1.0 - jitter * unit);
         }
         slow.streak = slow.streak.saturating_add(1);
         open
@@ -617,7 +561,7 @@ impl Breaker {
         if gen_of(word) != generation || state_of(word) != CLOSED {
             return;
         }
-        if now.saturating_sub(slow.closed_at) >= self.settings.stable_after {
+        if now.saturating_sub(slow.closed_at) >= self.settings.stable_after() {
             slow.streak = 0;
         }
         self.open(&mut slow, generation, CLOSED, now, reason);
@@ -663,7 +607,7 @@ impl Breaker {
             return None;
         }
         self.half_open_deadline.store(
-            now.saturating_add(self.settings.half_open_max),
+            now.saturating_add(self.settings.half_open_max()),
             Ordering::Release,
         );
         let next = self.swap_state(generation, OPEN, HALF_OPEN, PROBE_ONE)?;
@@ -721,8 +665,38 @@ impl Breaker {
         );
     }
 
+    /// Applies a new policy's rules in place, keeping the state (see
+    /// [`CircuitBreakerHandle::reconfigure`](super::CircuitBreakerHandle::reconfigure)).
+    pub(crate) fn reconfigure(&self, policy: &CircuitBreakerPolicy) {
+        let mut slow = self.lock();
+        self.settings.store(policy);
+        let reshaped = !self.window.same_shape(policy);
+        if reshaped {
+            self.window.reshape(policy);
+        }
+        tracing::info!(
+            breaker = %self.name,
+            fresh_window = reshaped,
+            "circuit breaker reconfigured"
+        );
+        if slow.enabled != policy.enabled {
+            slow.enabled = policy.enabled;
+            let mode = self.mode();
+            if !policy.enabled {
+                self.set_mode_locked(OperatorMode::Disabled);
+            } else if mode == OperatorMode::Disabled {
+                self.set_mode_locked(OperatorMode::Normal);
+            }
+        }
+    }
+
     pub(crate) fn set_mode(&self, mode: OperatorMode) {
         let _slow = self.lock();
+        self.set_mode_locked(mode);
+    }
+
+    /// Sets the mode; the caller holds the transition lock.
+    fn set_mode_locked(&self, mode: OperatorMode) {
         let mut word = self.word.0.load(Ordering::Acquire);
         loop {
             let from = mode_of(word);
@@ -905,6 +879,9 @@ impl std::ops::Deref for Shards {
     }
 }
 
+/// `Ticket::start` of a call admitted while the slow-call rule was off.
+const NO_START: u64 = u64::MAX;
+
 /// One admitted call's claim on its breaker: records the outcome when the call finishes, and
 /// gives a probe slot back when the call is dropped before that.
 #[derive(Debug)]
@@ -925,7 +902,7 @@ impl Ticket {
                 start: if shards.needs_start_time() {
                     shards.now()
                 } else {
-                    0
+                    NO_START
                 },
             }),
             Admission::Pass | Admission::Reject(_) => None,
@@ -937,12 +914,14 @@ impl Ticket {
     pub(crate) fn finish(mut self, outcome: &Outcome) {
         let breaker = &*self.shard.breaker;
         let verdict = breaker.verdict(outcome);
-        let (slow, now) = match breaker.settings.slow_call {
-            Some(limit) => {
+        let (slow, now) = match breaker.settings.slow_call() {
+            // A call admitted before the slow-call rule was turned on has no start time and is
+            // not judged by it.
+            Some(limit) if self.start != NO_START => {
                 let now = breaker.now();
                 (now.saturating_sub(self.start) > limit, Some(now))
             }
-            None => (false, None),
+            _ => (false, None),
         };
         match self.admission {
             Admission::Closed(generation) => {

@@ -5,6 +5,7 @@ use tokio::sync::broadcast;
 
 use super::breaker::Breaker;
 use super::events::{CircuitState, OperatorMode, Transition};
+use crate::policy::CircuitBreakerPolicy;
 
 /// A breaker seen from outside: its state and counts, the operator modes, its transitions.
 ///
@@ -65,6 +66,35 @@ impl CircuitBreakerHandle {
     /// Closes the breaker and forgets its window and its open-time growth. The mode is kept.
     pub fn reset(&self) {
         self.breaker.reset();
+    }
+
+    /// Applies the rules of `policy` to this live breaker, keeping its state: for a policy
+    /// reload.
+    ///
+    /// Kept: the state (closed, open, half-open) and the operator mode; the time the open
+    /// period ends and the half-open deadline; the trip count the open time grows with; the run
+    /// of consecutive failures; probes in flight and probe successes; the window's contents if
+    /// the window type and size are unchanged (`window` for a time window, `window_size` for a
+    /// count window). A window of another type or size starts empty.
+    ///
+    /// The new rules apply from the next call or outcome: nothing trips or closes at the moment
+    /// of reconfiguring. A closed breaker with 4 failures in a row whose threshold drops from 10
+    /// to 3 trips on the next failure; a half-open breaker whose probe limit drops keeps its
+    /// probes in flight and admits no more until fewer than the new limit are out. A new
+    /// `open_timeout` applies from the next trip; the open period under way keeps its end.
+    ///
+    /// `enabled` acts only when it changes from the policy applied before: turning it off sets
+    /// the mode to `Disabled`, turning it on sets a `Disabled` breaker back to `Normal`; a
+    /// policy that leaves it as it was leaves an operator's mode alone. Which failures count
+    /// ([`CircuitBreakerBuilder::counted`](super::CircuitBreakerBuilder::counted)) and an
+    /// explicit open jitter are builder options and are kept.
+    ///
+    /// Calls pay nothing for this: every rule is read where it was read before, with a relaxed
+    /// atomic load. A call racing a reconfiguration may be judged by a mix of old and new rules
+    /// for that one call; a reshaped window may lose or gain the samples of calls recording at
+    /// that moment.
+    pub fn reconfigure(&self, policy: &CircuitBreakerPolicy) {
+        self.breaker.reconfigure(policy);
     }
 
     /// A receiver of every later transition and mode change. For a keyed breaker this is the

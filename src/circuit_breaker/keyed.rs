@@ -291,6 +291,13 @@ impl<K: Hash + Eq + Clone + Display> KeyedCircuitBreakerHandle<K> {
         self.len() == 0
     }
 
+    /// Applies the rules of `policy` to every breaker of the registry, keeping each one's
+    /// state (see [`CircuitBreakerHandle::reconfigure`]): the breakers of existing keys, the
+    /// overflow breaker, and the breakers of keys seen later.
+    pub fn reconfigure(&self, policy: &crate::policy::CircuitBreakerPolicy) {
+        self.registry.reconfigure(policy);
+    }
+
     /// Evicts every breaker idle for `idle_timeout` and unheld, now; returns how many.
     pub fn evict_idle(&self) -> usize {
         self.registry.evict_idle()

@@ -3,11 +3,12 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tower_layer::Layer;
 
-use super::breaker::{Breaker, Callback, Settings, Shards, Sinks};
+use super::breaker::{Breaker, Callback, Shards, Sinks};
 use super::counted::CountedFailures;
 use super::events::{OperatorMode, Transition};
 use super::handle::CircuitBreakerHandle;
 use super::service::CircuitBreaker;
+use super::settings::Settings;
 use super::window::Window;
 use crate::policy::{CircuitBreakerPolicy, Policy};
 
@@ -161,6 +162,11 @@ impl CircuitBreakerBuilder {
         }
     }
 
+    /// Replaces the policy breakers built from now on take their rules from.
+    pub(crate) fn set_policy(&mut self, policy: &CircuitBreakerPolicy) {
+        self.policy = *policy;
+    }
+
     pub(crate) fn sinks(&self) -> Sinks {
         Sinks {
             events: broadcast::channel(self.event_capacity).0,
@@ -180,6 +186,7 @@ impl CircuitBreakerBuilder {
             settings,
             Window::new(&self.policy),
             mode,
+            self.policy.enabled,
             sinks,
         )))
     }

@@ -127,6 +127,7 @@ mod keyed;
 mod layer;
 mod registry;
 mod service;
+mod settings;
 mod window;
 
 pub use counted::CountedFailures;

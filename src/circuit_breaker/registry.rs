@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::breaker::{Shards, Sinks};
 use super::layer::CircuitBreakerBuilder;
+use crate::policy::CircuitBreakerPolicy;
 
 /// How often a breaker's last-use time is written: coarse, so that hot keys do not write a
 /// shared cache line on every call.
@@ -24,7 +25,9 @@ const TOUCH_NANOS: u64 = 1_000_000;
 /// costs at most `max_keys` breakers and cannot push out a breaker that is in use.
 pub(crate) struct Registry<K> {
     name: Arc<str>,
-    builder: CircuitBreakerBuilder,
+    /// Only used under the map's write lock; a lock of its own only so that `reconfigure` can
+    /// change it through `&self`.
+    builder: Mutex<CircuitBreakerBuilder>,
     sinks: Sinks,
     map: RwLock<HashMap<K, Arc<Shards>>>,
     overflow: Arc<Shards>,
@@ -55,7 +58,7 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         let overflow = builder.breaker(format!("{name}/{{overflow}}").into(), sinks.clone());
         Registry {
             name,
-            builder,
+            builder: Mutex::new(builder),
             sinks,
             map: RwLock::new(HashMap::new()),
             overflow,
@@ -109,6 +112,8 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
         }
         let breaker = self
             .builder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .breaker(format!("{}/{key}", self.name).into(), self.sinks.clone());
         breaker.last_used.store(now, Ordering::Relaxed);
         map.insert(key.clone(), breaker.clone());
@@ -124,6 +129,21 @@ impl<K: Hash + Eq + Clone + Display> Registry<K> {
             !idle || breaker.in_use()
         });
         before - map.len()
+    }
+
+    /// Applies `policy` to every breaker held, the overflow breaker, and every breaker built
+    /// later. The map's write lock is held throughout, so no key is built with the old rules
+    /// after this returns.
+    pub(crate) fn reconfigure(&self, policy: &CircuitBreakerPolicy) {
+        let map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        self.builder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_policy(policy);
+        for breaker in map.values() {
+            breaker.reconfigure(policy);
+        }
+        self.overflow.reconfigure(policy);
     }
 
     /// Evicts idle breakers now; how many went.

@@ -5,7 +5,8 @@
 //! only read when a failure or a slow call could trip the breaker.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -70,55 +71,106 @@ impl Totals {
     }
 }
 
+/// The window of one breaker: a time window or a count window, switchable at run time.
+///
+/// Both kinds live side by side so that a reconfiguration can switch from one to the other
+/// without replacing anything a running call may be writing to: the kind is one relaxed load,
+/// which costs what the match on an enum's tag cost. The count window's ring is only allocated
+/// while it is (or has been) in use.
 #[derive(Debug)]
-pub(crate) enum Window {
-    Time(TimeWindow),
-    Count(CountWindow),
+pub(crate) struct Window {
+    counting: AtomicBool,
+    time: TimeWindow,
+    count: CountWindow,
 }
 
 impl Window {
     pub(crate) fn new(policy: &CircuitBreakerPolicy) -> Self {
+        let counting = policy.window_type == WindowType::Count;
+        Window {
+            counting: AtomicBool::new(counting),
+            time: TimeWindow::new(policy.window),
+            count: CountWindow::new(if counting { policy.window_size } else { 0 }),
+        }
+    }
+
+    #[inline]
+    fn counting(&self) -> bool {
+        self.counting.load(Ordering::Relaxed)
+    }
+
+    /// Whether `policy` asks for this window's kind and size, so that its contents carry over.
+    pub(crate) fn same_shape(&self, policy: &CircuitBreakerPolicy) -> bool {
         match policy.window_type {
-            WindowType::Time => Window::Time(TimeWindow::new(policy.window)),
-            WindowType::Count => Window::Count(CountWindow::new(policy.window_size)),
+            WindowType::Time => {
+                !self.counting() && self.time.width() == TimeWindow::width_of(policy.window)
+            }
+            WindowType::Count => {
+                self.counting() && self.count.len() == CountWindow::len_of(policy.window_size)
+            }
+        }
+    }
+
+    /// Makes this window the (empty) window `policy` asks for. Calls recording at the same
+    /// moment may land in the old shape and be lost, or be counted in the new one: at most one
+    /// sample per call in flight.
+    pub(crate) fn reshape(&self, policy: &CircuitBreakerPolicy) {
+        match policy.window_type {
+            WindowType::Time => {
+                self.time.set_width(policy.window);
+                self.counting.store(false, Ordering::Relaxed);
+            }
+            WindowType::Count => {
+                self.count.resize(policy.window_size);
+                self.counting.store(true, Ordering::Relaxed);
+            }
         }
     }
 
     /// Whether recording needs the clock.
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
-        matches!(self, Window::Time(_))
+        !self.counting()
     }
 
-    /// A time to record a success at `now` with: `now` in nanoseconds since `base`, or the
-    /// start of the bucket `now` falls in, which records into the same bucket. Only a time
-    /// window needs it; see [`TimeWindow::bucket_time`].
+    /// Records a plain success: the hot path, which reads the window's kind once. `now` is the
+    /// time in nanoseconds since `base` if the caller has read the clock already; a time
+    /// window reads it otherwise, a count window never.
     #[inline]
-    pub(crate) fn record_time(&self, base: Instant, now: Instant) -> u64 {
-        match self {
-            Window::Time(w) => w.bucket_time(base, now),
-            Window::Count(_) => 0,
+    pub(crate) fn record_success(&self, base: Instant, now: Option<u64>, stripe: usize) {
+        if self.counting() {
+            self.count.record(Sample::SUCCESS)
+        } else {
+            let now = match now {
+                Some(now) => now,
+                None => self.time.bucket_time(base, Instant::now()),
+            };
+            self.time.record(now, Sample::SUCCESS, stripe)
         }
     }
 
     #[inline]
     pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
-        match self {
-            Window::Time(w) => w.record(now, sample, stripe),
-            Window::Count(w) => w.record(sample),
+        if self.counting() {
+            self.count.record(sample)
+        } else {
+            self.time.record(now, sample, stripe)
         }
     }
 
     pub(crate) fn totals(&self, now: u64) -> Totals {
-        match self {
-            Window::Time(w) => w.totals(now),
-            Window::Count(w) => w.totals(),
+        if self.counting() {
+            self.count.totals()
+        } else {
+            self.time.totals(now)
         }
     }
 
     pub(crate) fn reset(&self) {
-        match self {
-            Window::Time(w) => w.reset(),
-            Window::Count(w) => w.reset(),
+        if self.counting() {
+            self.count.reset()
+        } else {
+            self.time.reset()
         }
     }
 }
@@ -134,9 +186,10 @@ impl Window {
 /// stripes, which only failures and slow calls do.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
-    /// Unique in the process, never 0: the key of the per-thread bucket memory.
-    id: u64,
-    bucket_nanos: u64,
+    /// Unique in the process, never 0: the key of the per-thread bucket memory. A new width
+    /// takes a new id, so that no thread's memory of the old buckets is used again.
+    id: AtomicU64,
+    bucket_nanos: AtomicU64,
     stripes: Box<[Stripe]>,
 }
 
@@ -197,15 +250,33 @@ pub(crate) fn thread_stripe() -> usize {
 
 impl TimeWindow {
     pub(crate) fn new(window: Duration) -> Self {
-        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         TimeWindow {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            bucket_nanos: (window / TIME_BUCKETS).max(1),
+            id: AtomicU64::new(next_window_id()),
+            bucket_nanos: AtomicU64::new(Self::width_of(window)),
             stripes: (0..stripe_count())
                 .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         }
+    }
+
+    /// The bucket width of a window of `window`, in nanoseconds.
+    pub(crate) fn width_of(window: Duration) -> u64 {
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        (window / TIME_BUCKETS).max(1)
+    }
+
+    /// The bucket width, in nanoseconds.
+    #[inline]
+    pub(crate) fn width(&self) -> u64 {
+        self.bucket_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Empties the window and gives it buckets for a window of `window`.
+    pub(crate) fn set_width(&self, window: Duration) {
+        self.bucket_nanos
+            .store(Self::width_of(window), Ordering::Relaxed);
+        self.id.store(next_window_id(), Ordering::Relaxed);
+        self.reset();
     }
 
     /// The start of the bucket that `now` falls in, in nanoseconds since `base`.
@@ -222,7 +293,7 @@ impl TimeWindow {
     #[inline]
     pub(crate) fn bucket_time(&self, base: Instant, now: Instant) -> u64 {
         let b = LAST_BUCKET.get();
-        if b.window == self.id && b.from <= now && now < b.until {
+        if b.window == self.id.load(Ordering::Relaxed) && b.from <= now && now < b.until {
             return b.start;
         }
         self.bucket_time_slow(base, now)
@@ -230,17 +301,21 @@ impl TimeWindow {
 
     #[cold]
     fn bucket_time_slow(&self, base: Instant, now: Instant) -> u64 {
+        // The id is read before the width: a width changed in between gives a new id, and the
+        // memory written below under the old id is never used again.
+        let id = self.id.load(Ordering::Relaxed);
+        let width = self.width();
         let since = now.saturating_duration_since(base);
         let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
-        let start = nanos / self.bucket_nanos * self.bucket_nanos;
+        let start = nanos / width * width;
         // `start` is at most `nanos`, so `from` is at most `now` and is never `base` moved
         // back; `until` may not exist this far out, and then nothing is remembered.
         if since >= Duration::from_nanos(start)
             && let Some(from) = base.checked_add(Duration::from_nanos(start))
-            && let Some(until) = from.checked_add(Duration::from_nanos(self.bucket_nanos))
+            && let Some(until) = from.checked_add(Duration::from_nanos(width))
         {
             LAST_BUCKET.set(BucketBounds {
-                window: self.id,
+                window: id,
                 from,
                 until,
                 start,
@@ -259,7 +334,7 @@ impl TimeWindow {
 
     #[inline]
     pub(crate) fn record(&self, now: u64, sample: Sample, stripe: usize) {
-        let tick = now / self.bucket_nanos;
+        let tick = now / self.width();
         let epoch = tick & EPOCH_MASK;
         let add = (1 << TOTAL_SHIFT)
             | (u64::from(sample.failure) << FAIL_SHIFT)
@@ -289,7 +364,7 @@ impl TimeWindow {
     }
 
     pub(crate) fn totals(&self, now: u64) -> Totals {
-        let tick = now / self.bucket_nanos;
+        let tick = now / self.width();
         let epoch = tick & EPOCH_MASK;
         let mut totals = Totals::default();
         for bucket in self.buckets() {
@@ -312,6 +387,12 @@ impl TimeWindow {
     }
 }
 
+/// A new window id: unique in the process, never 0.
+fn next_window_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 fn field(value: u64, shift: u32) -> u64 {
     (value >> shift) & FIELD_MAX
 }
@@ -327,35 +408,110 @@ const SLOW: u8 = 4;
 const COUNT_BITS: u32 = 21;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
-/// The last `size` calls, in a ring of one byte per call, with running sums.
+/// The smallest growth segment of a count window's ring.
+const MIN_GROWTH: u64 = 64;
+/// Enough growth segments, doubling from [`MIN_GROWTH`], for a ring of `COUNT_MASK` calls.
+const GROWTH_SEGMENTS: usize = 16;
+
+/// The last `len` calls, in a ring of one byte per call, with running sums.
 ///
 /// A writer takes the next slot with `fetch_add`, and only writes the slot and the sums when
 /// the sample it replaces differs (never, in a healthy steady state).
+///
+/// The ring is the slots built with the window, then growth segments of doubling size, each
+/// allocated once when a reconfiguration first lengthens the ring that far, and kept until the
+/// window is dropped: a slot never moves or goes away while a call may write to it. A ring
+/// never lengthened is only the first slots, and a call pays one comparison for the rest.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     next: AtomicU64,
-    slots: Box<[AtomicU8]>,
+    len: AtomicU64,
+    first: Box<[AtomicU8]>,
+    growth: [OnceLock<Box<[AtomicU8]>>; GROWTH_SEGMENTS],
     sums: AtomicU64,
 }
 
 impl CountWindow {
+    /// A ring of `size` calls; 0 allocates nothing (a time window that may switch later).
     pub(crate) fn new(size: u32) -> Self {
-        let size = size.clamp(1, COUNT_MASK as u32);
+        let first = if size == 0 { 0 } else { Self::len_of(size) };
         CountWindow {
             next: AtomicU64::new(0),
-            slots: (0..size).map(|_| AtomicU8::new(EMPTY)).collect(),
+            len: AtomicU64::new(first),
+            first: (0..first).map(|_| AtomicU8::new(EMPTY)).collect(),
+            growth: std::array::from_fn(|_| OnceLock::new()),
             sums: AtomicU64::new(0),
         }
     }
 
+    /// The ring length a `window_size` of `size` gives.
+    pub(crate) fn len_of(size: u32) -> u64 {
+        u64::from(size.clamp(1, COUNT_MASK as u32))
+    }
+
+    /// The ring's length.
+    #[inline]
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// The size of the first growth segment.
+    fn growth_base(&self) -> u64 {
+        (self.first.len() as u64).max(MIN_GROWTH)
+    }
+
+    /// The growth segment and the offset in it of ring slot `index`, which is past `first`.
+    fn growth_of(&self, index: u64) -> (usize, usize) {
+        let base = self.growth_base();
+        let past = index - self.first.len() as u64;
+        let k = 63 - (past / base + 1).leading_zeros();
+        (k as usize, (past - base * ((1 << k) - 1)) as usize)
+    }
+
+    /// Empties the ring and makes it `size` calls long, allocating what it lacks.
+    pub(crate) fn resize(&self, size: u32) {
+        let len = Self::len_of(size);
+        if len > self.first.len() as u64 {
+            let (last, _) = self.growth_of(len - 1);
+            let base = self.growth_base();
+            for (k, segment) in self.growth.iter().enumerate().take(last + 1) {
+                segment.get_or_init(|| (0..base << k).map(|_| AtomicU8::new(EMPTY)).collect());
+            }
+        }
+        // Empty the longer of the two rings, so a later lengthening finds clean slots.
+        let old = self.len();
+        self.len.store(len, Ordering::Relaxed);
+        self.clear(old.max(len));
+    }
+
+    #[inline]
+    fn slot(&self, index: u64) -> Option<&AtomicU8> {
+        match self.first.get(index as usize) {
+            Some(slot) => Some(slot),
+            None => self.growth_slot(index),
+        }
+    }
+
+    #[cold]
+    fn growth_slot(&self, index: u64) -> Option<&AtomicU8> {
+        let (k, offset) = self.growth_of(index);
+        self.growth.get(k)?.get()?.get(offset)
+    }
+
     #[inline]
     pub(crate) fn record(&self, sample: Sample) {
+        let len = self.len();
+        if len == 0 {
+            return;
+        }
         let code =
             CALL | if sample.failure { FAILED } else { 0 } | if sample.slow { SLOW } else { 0 };
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        let slot = &self.slots[index as usize];
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
         // `fetch_add` gave this slot to this call alone (until the ring wraps under it, which
-        // takes `size` calls in flight at once), so a plain load and store is enough, and the
+        // takes `len` calls in flight at once), so a plain load and store is enough, and the
         // healthy steady state (a success replacing a success) writes nothing at all.
         let old = slot.load(Ordering::Relaxed);
         if old != code {
@@ -375,8 +531,14 @@ impl CountWindow {
     }
 
     pub(crate) fn reset(&self) {
-        for slot in self.slots.iter() {
-            slot.store(EMPTY, Ordering::Relaxed);
+        self.clear(self.len());
+    }
+
+    fn clear(&self, len: u64) {
+        for index in 0..len {
+            if let Some(slot) = self.slot(index) {
+                slot.store(EMPTY, Ordering::Relaxed);
+            }
         }
         self.sums.store(0, Ordering::Relaxed);
         self.next.store(0, Ordering::Relaxed);
@@ -448,14 +610,10 @@ mod tests {
             let now = base + Duration::from_millis(ms) + Duration::from_nanos(3);
             for (w, base) in [(&a, base), (&b, b_base)] {
                 let exact = u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap();
-                let exact_tick = exact / w.bucket_nanos;
+                let exact_tick = exact / w.width();
                 // Twice: the second read is served from memory when the first filled it.
                 for _ in 0..2 {
-                    assert_eq!(
-                        w.bucket_time(base, now) / w.bucket_nanos,
-                        exact_tick,
-                        "{ms} ms"
-                    );
+                    assert_eq!(w.bucket_time(base, now) / w.width(), exact_tick, "{ms} ms");
                 }
             }
         }
@@ -472,6 +630,30 @@ mod tests {
         let t = w.totals(0);
         assert!(t.calls > 6_000 && t.calls <= FIELD_MAX, "{t:?}");
         assert!((t.failure_rate() - 0.25).abs() < 0.01, "{t:?}");
+    }
+
+    #[test]
+    fn a_lengthened_count_ring_has_a_distinct_slot_for_every_index() {
+        for (built, sizes) in [
+            (0u32, &[1u32, 64, 65, 1000][..]),
+            (3, &[2, 3, 4, 70, 200_000][..]),
+            (100, &[50, 1_000_000, 100][..]),
+        ] {
+            let w = CountWindow::new(built);
+            for &size in sizes {
+                w.resize(size);
+                assert_eq!(w.len(), u64::from(size));
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..w.len() {
+                    let slot = w.slot(i).unwrap_or_else(|| panic!("{built}->{size}: {i}"));
+                    assert!(seen.insert(slot as *const AtomicU8), "{built}->{size}: {i}");
+                }
+                for _ in 0..size + 5 {
+                    w.record(FAIL);
+                }
+                assert_eq!(w.totals().failures, u64::from(size));
+            }
+        }
     }
 
     #[test]
