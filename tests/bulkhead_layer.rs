@@ -310,3 +310,152 @@ async fn a_timeout_or_a_retry_dropping_the_call_loses_no_permit() {
     drop(hog);
     assert_eq!(layer.available_permits(), 1);
 }
+
+/// Starts a call through `service` that runs until its sender is used or dropped.
+fn start(
+    service: &palisade::bulkhead::Bulkhead<Gate>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Error<Io>>>,
+) {
+    let (open, rx) = oneshot::channel();
+    (open, tokio::spawn(service.clone().oneshot(rx)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_while_calls_are_in_flight_retires_permits_as_they_come_back() {
+    let layer = BulkheadLayer::unshared("resize", &limits(4, 0, 0));
+    let service = layer.layer(Gate::default());
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        running.push(start(&service));
+    }
+    tokio::task::yield_now().await;
+    assert_eq!((layer.in_flight(), layer.available_permits()), (4, 0));
+
+    // Down to 2 through another clone of the layer: nobody in flight loses a permit.
+    layer.clone().reconfigure(&limits(2, 0, 0));
+    assert_eq!(layer.max_concurrent(), 2);
+    assert_eq!((layer.in_flight(), layer.available_permits()), (4, 0));
+
+    // The first two permits that come back are retired, not handed out.
+    for _ in 0..2 {
+        let (open, call) = running.remove(0);
+        open.send(()).unwrap();
+        call.await.unwrap().unwrap();
+        assert_eq!(layer.available_permits(), 0);
+        let (_never, rx) = oneshot::channel();
+        let full = rejection(service.clone().oneshot(rx).await);
+        assert_eq!(full.max_concurrent, 2, "the rejection names the new limit");
+    }
+    assert_eq!(layer.in_flight(), 2);
+
+    // Under the new limit now: the next permit that comes back is free again.
+    let (open, call) = running.remove(0);
+    open.send(()).unwrap();
+    call.await.unwrap().unwrap();
+    assert_eq!((layer.in_flight(), layer.available_permits()), (1, 1));
+    let (open, call) = running.remove(0);
+    drop(open);
+    call.await.unwrap().unwrap();
+    assert_eq!((layer.in_flight(), layer.available_permits()), (0, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_retires_free_permits_at_once_and_growing_cancels_the_debt_first() {
+    let layer = BulkheadLayer::unshared("resize", &limits(4, 0, 0));
+    let service = layer.layer(Gate::default());
+    let (open_a, a) = start(&service);
+    tokio::task::yield_now().await;
+    // Three free, one in flight: shrinking to 1 retires the three free ones at once and
+    // owes nothing, the call in flight keeps its permit.
+    layer.reconfigure(&limits(1, 0, 0));
+    assert_eq!((layer.in_flight(), layer.available_permits()), (1, 0));
+    let (_b_open, b) = start(&service);
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        b.await.unwrap(),
+        Err(Error::BulkheadFull(ref full)) if full.max_concurrent == 1
+    ));
+
+    // Shrink to 0 with the call still in flight (a debt of one), then grow to 3: the debt is
+    // cancelled first, so 3 permits exist in all, one of them still held.
+    layer.reconfigure(&limits(0, 0, 0));
+    layer.reconfigure(&limits(3, 0, 0));
+    assert_eq!((layer.in_flight(), layer.available_permits()), (1, 2));
+    open_a.send(()).unwrap();
+    a.await.unwrap().unwrap();
+    assert_eq!((layer.in_flight(), layer.available_permits()), (0, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn growing_hands_new_permits_to_waiters_in_order() {
+    let layer = BulkheadLayer::unshared("resize", &limits(1, 4, 10_000));
+    let gate = Gate::default();
+    let service = layer.layer(gate.clone());
+    let (_hold, _running) = start(&service);
+    tokio::task::yield_now().await;
+    let waiters: Vec<_> = (0..2).map(|_| start(&service)).collect();
+    tokio::task::yield_now().await;
+    assert_eq!((layer.waiting(), gate.calls.load(Ordering::SeqCst)), (2, 1));
+
+    layer.reconfigure(&limits(3, 4, 10_000));
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!((layer.waiting(), gate.calls.load(Ordering::SeqCst)), (0, 3));
+    assert_eq!((layer.in_flight(), layer.available_permits()), (3, 0));
+    for (open, call) in waiters {
+        open.send(()).unwrap();
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(layer.available_permits(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_and_wait_changes_apply_to_the_next_waiter_only() {
+    let layer = BulkheadLayer::unshared("resize", &limits(1, 2, 1000));
+    let service = layer.layer(Gate::default());
+    let (_hold, _running) = start(&service);
+    tokio::task::yield_now().await;
+    let (_keep, early) = start(&service);
+    tokio::task::yield_now().await;
+    assert_eq!(layer.waiting(), 1);
+
+    // The queue shrinks to 1 (already taken) and the wait to 100 ms.
+    layer.reconfigure(&limits(1, 1, 100));
+    assert_eq!(
+        (layer.max_queue(), layer.max_wait()),
+        (1, Duration::from_millis(100))
+    );
+    let (_never, rx) = oneshot::channel();
+    assert_eq!(
+        rejection(service.clone().oneshot(rx).await).reason,
+        BulkheadRejection::QueueFull
+    );
+
+    // The queue grows again: a new waiter waits the new 100 ms, the early one its 1 s.
+    layer.reconfigure(&limits(1, 2, 100));
+    let started = tokio::time::Instant::now();
+    let (_never, rx) = oneshot::channel();
+    let full = rejection(service.clone().oneshot(rx).await);
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert_eq!(
+        full.reason,
+        BulkheadRejection::WaitTimedOut(Duration::from_millis(100))
+    );
+    let full = rejection(early.await.unwrap());
+    assert_eq!(started.elapsed(), Duration::from_millis(1000));
+    assert_eq!(
+        full.reason,
+        BulkheadRejection::WaitTimedOut(Duration::from_millis(1000))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconfiguring_a_named_bulkhead_resizes_every_layer_sharing_it() {
+    let registry = BulkheadRegistry::new();
+    let a = registry.layer("shared", &limits(1, 0, 0));
+    let b = registry.layer("shared", &limits(1, 0, 0));
+    a.reconfigure(&limits(5, 0, 0));
+    assert_eq!((b.max_concurrent(), b.available_permits()), (5, 5));
+}

@@ -3,8 +3,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 
+use super::partition::Permit;
 use crate::error::{BulkheadFull, Error};
 
 pin_project! {
@@ -21,13 +21,13 @@ pin_project! {
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F> {
-        Called { #[pin] inner: F, permit: Option<OwnedSemaphorePermit> },
+        Called { #[pin] inner: F, permit: Option<Permit> },
         Rejected { error: BulkheadFull },
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(inner: F, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn called(inner: F, permit: Permit) -> Self {
         ResponseFuture {
             state: State::Called {
                 inner,

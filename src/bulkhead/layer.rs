@@ -43,22 +43,45 @@ impl BulkheadLayer {
 
     /// Calls allowed in flight at once.
     pub fn max_concurrent(&self) -> usize {
-        self.partition.max_concurrent
+        self.partition.max_concurrent()
     }
 
     /// Calls allowed to wait for a permit.
     pub fn max_queue(&self) -> usize {
-        self.partition.max_queue
+        self.partition.max_queue()
     }
 
     /// Longest wait for a permit.
     pub fn max_wait(&self) -> Duration {
-        self.partition.max_wait
+        self.partition.max_wait()
     }
 
     /// Permits free right now.
     pub fn available_permits(&self) -> usize {
         self.partition.semaphore.available_permits()
+    }
+
+    /// Permits held right now by calls reserved or in flight. After a shrink this may
+    /// exceed [`max_concurrent`](Self::max_concurrent) until those calls finish.
+    pub fn in_flight(&self) -> usize {
+        self.partition.in_flight()
+    }
+
+    /// Resizes this bulkhead in place, for a policy reload: every clone of the layer, every
+    /// service built from it and every layer sharing its name in the registry see the new
+    /// limits, and the calls in flight and waiting keep their places.
+    ///
+    /// - Growing `max_concurrent` adds permits at once (waiters get them in order).
+    /// - Shrinking it retires free permits at once and the others as the calls holding them
+    ///   finish; a permit held by a call in flight is never taken back, so for a while more
+    ///   calls than the new limit may be in flight, and no new call starts until they are
+    ///   under it.
+    /// - `max_queue` and `max_wait` apply to calls that join the queue from now on; calls
+    ///   already waiting keep the wait they were given.
+    ///
+    /// `policy.partition` is ignored: a bulkhead does not change its name.
+    pub fn reconfigure(&self, policy: &BulkheadPolicy) {
+        self.partition.reconfigure(policy);
     }
 
     /// Calls waiting for a permit right now.

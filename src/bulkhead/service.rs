@@ -3,12 +3,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::partition::Partition;
+use super::partition::{Partition, Permit};
 use crate::error::{BulkheadFull, BulkheadRejection, Error};
 
 /// Limits the calls in flight through one named partition, with a bounded queue and a
@@ -44,12 +44,13 @@ pub struct Bulkhead<S> {
     state: State,
 }
 
-type Wait = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send + Sync>>;
+/// A wait in the queue: the permit, or the wait it was given when that ran out.
+type Wait = Pin<Box<dyn Future<Output = Result<Permit, Duration>> + Send + Sync>>;
 
 enum State {
     Idle,
     Waiting(Wait),
-    Reserved(OwnedSemaphorePermit),
+    Reserved(Permit),
     Rejected(BulkheadRejection),
 }
 
@@ -85,8 +86,8 @@ impl<S> Bulkhead<S> {
         );
         BulkheadFull {
             bulkhead: self.partition.name.clone(),
-            max_concurrent: self.partition.max_concurrent,
-            max_queue: self.partition.max_queue,
+            max_concurrent: self.partition.max_concurrent(),
+            max_queue: self.partition.max_queue(),
             reason,
         }
     }
@@ -129,7 +130,7 @@ where
             // The hot path, kept straight: a free permit, taken with one compare-and-swap.
             // (A rejection decided by an earlier poll is stale now: look again.)
             State::Idle | State::Rejected(_) => {
-                if let Ok(permit) = self.partition.semaphore.clone().try_acquire_owned() {
+                if let Some(permit) = self.partition.try_acquire() {
                     self.state = State::Reserved(permit);
                     return self.inner.poll_ready(cx).map_err(Error::Inner);
                 }
@@ -163,25 +164,21 @@ impl<S> Bulkhead<S> {
                 State::Reserved(_) => return self.inner.poll_ready(cx).map_err(Error::Inner),
                 State::Rejected(_) => return Poll::Ready(Ok(())),
                 State::Idle => {
-                    let semaphore = self.partition.semaphore.clone();
-                    self.state = match semaphore.try_acquire_owned() {
-                        Ok(permit) => State::Reserved(permit),
-                        // The semaphore is never closed; treat it as full if it were.
-                        Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
-                            match self.partition.enter_queue() {
-                                None => State::Rejected(BulkheadRejection::QueueFull),
-                                Some(place) => State::Waiting(wait(&self.partition, place)),
-                            }
-                        }
+                    self.state = match self.partition.try_acquire() {
+                        Some(permit) => State::Reserved(permit),
+                        None => match self.partition.enter_queue() {
+                            None => State::Rejected(BulkheadRejection::QueueFull),
+                            Some(place) => State::Waiting(wait(&self.partition, place)),
+                        },
                     };
                 }
                 State::Waiting(wait) => {
                     self.state = match wait.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Some(permit)) => State::Reserved(permit),
-                        Poll::Ready(None) => State::Rejected(BulkheadRejection::WaitTimedOut(
-                            self.partition.max_wait,
-                        )),
+                        Poll::Ready(Ok(permit)) => State::Reserved(permit),
+                        Poll::Ready(Err(waited)) => {
+                            State::Rejected(BulkheadRejection::WaitTimedOut(waited))
+                        }
                     };
                 }
             }
@@ -192,13 +189,18 @@ impl<S> Bulkhead<S> {
 /// Waits up to `max_wait` for a permit, holding a place in the queue until it ends or is
 /// dropped.
 fn wait(partition: &Arc<Partition>, place: super::partition::QueuePlace) -> Wait {
-    let semaphore = partition.semaphore.clone();
-    let max_wait = partition.max_wait;
+    let partition = partition.clone();
+    let max_wait = partition.max_wait();
     Box::pin(async move {
         let _place = place;
-        tokio::time::timeout(max_wait, semaphore.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
+        // The semaphore is never closed; a closed one would count as a wait that ran out.
+        match tokio::time::timeout(max_wait, partition.semaphore.acquire()).await {
+            Ok(Ok(permit)) => {
+                // Handed over without an await in between, so a drop cannot lose it.
+                permit.forget();
+                Ok(Permit::new(partition.clone()))
+            }
+            Ok(Err(_)) | Err(_) => Err(max_wait),
+        }
     })
 }

@@ -2,8 +2,8 @@
 //! so that retries cannot multiply the load on a dependency that is already failing.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,12 +41,16 @@ pub struct RetryBudget {
 }
 
 struct State {
-    enabled: bool,
+    /// The limits, changed in place by [`RetryBudget::reconfigure`].
+    enabled: AtomicBool,
     base: Instant,
-    window_nanos: u64,
-    bucket_nanos: u64,
-    ratio: f64,
-    reserve: u64,
+    window_nanos: AtomicU64,
+    bucket_nanos: AtomicU64,
+    /// The ratio's `f64` bits.
+    ratio: AtomicU64,
+    reserve: AtomicU64,
+    /// Serialises reconfigurations (never taken by requests or retries).
+    reconfiguring: Mutex<()>,
     /// Requests not yet dated.
     pending: [Stripe; STRIPES],
     /// When pending requests were last dated, in nanoseconds since `base`.
@@ -76,26 +80,62 @@ thread_local! {
 impl RetryBudget {
     /// A budget with these limits.
     pub fn new(policy: &BudgetPolicy) -> Self {
-        let window = policy.window.max(Duration::from_millis(BUCKETS as u64));
-        let window_nanos = nanos(window);
-        let reserve = (f64::from(policy.min_per_second) * window.as_secs_f64()).floor();
+        let limits = Limits::of(policy);
         RetryBudget {
             state: Arc::new(State {
-                enabled: policy.enabled,
+                enabled: AtomicBool::new(policy.enabled),
                 base: Instant::now(),
-                window_nanos,
-                bucket_nanos: (window_nanos / BUCKETS as u64).max(1),
-                ratio: if policy.ratio.is_finite() {
-                    policy.ratio.max(0.0)
-                } else {
-                    0.0
-                },
-                reserve: reserve as u64,
+                window_nanos: AtomicU64::new(limits.window_nanos),
+                bucket_nanos: AtomicU64::new(limits.bucket_nanos),
+                ratio: AtomicU64::new(limits.ratio.to_bits()),
+                reserve: AtomicU64::new(limits.reserve),
+                reconfiguring: Mutex::new(()),
                 pending: Default::default(),
                 dated_at: AtomicU64::new(0),
                 buckets: Default::default(),
             }),
         }
+    }
+
+    /// Applies new limits in place, for a policy reload, keeping the requests and retries
+    /// already counted: every clone of the budget (so every service of the layer) sees them.
+    ///
+    /// A new `ratio` or `min_per_second` applies to the counts already in the window. A new
+    /// `window` gathers the counts of the old window into the current tenth of the new one,
+    /// so they expire together when that tenth leaves the new window (between nine and ten
+    /// tenths of it from now), not piecemeal. Disabling stops counting
+    /// requests; enabling again starts from the counts kept when it was disabled, as they
+    /// expire.
+    pub fn reconfigure(&self, policy: &BudgetPolicy) {
+        let state = &*self.state;
+        let _serial = state
+            .reconfiguring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let limits = Limits::of(policy);
+        state.ratio.store(limits.ratio.to_bits(), Ordering::Relaxed);
+        state.reserve.store(limits.reserve, Ordering::Relaxed);
+        if limits.bucket_nanos != state.bucket_nanos.load(Ordering::Relaxed)
+            || limits.window_nanos != state.window_nanos.load(Ordering::Relaxed)
+        {
+            let now = state.since_base(Instant::now());
+            let (requests, retries) = state.totals(state.date_pending(now));
+            for bucket in &state.buckets {
+                bucket.epoch.store(0, Ordering::Release);
+                bucket.requests.store(0, Ordering::Release);
+                bucket.retries.store(0, Ordering::Release);
+            }
+            state
+                .window_nanos
+                .store(limits.window_nanos, Ordering::Release);
+            state
+                .bucket_nanos
+                .store(limits.bucket_nanos, Ordering::Release);
+            let bucket = state.bucket(now / limits.bucket_nanos);
+            bucket.requests.fetch_add(requests, Ordering::Relaxed);
+            bucket.retries.fetch_add(retries, Ordering::Relaxed);
+        }
+        state.enabled.store(policy.enabled, Ordering::Release);
     }
 
     /// A budget that never refuses.
@@ -108,7 +148,7 @@ impl RetryBudget {
 
     /// Counts one request.
     pub fn deposit(&self) {
-        if self.state.enabled {
+        if self.state.enabled.load(Ordering::Relaxed) {
             let stripe = STRIPE.with(|s| *s);
             self.state.pending[stripe].0.fetch_add(1, Ordering::Relaxed);
         }
@@ -117,7 +157,7 @@ impl RetryBudget {
     /// Takes one retry from the budget, if it allows one.
     pub fn try_withdraw(&self) -> bool {
         let state = &*self.state;
-        if !state.enabled {
+        if !state.enabled.load(Ordering::Relaxed) {
             return true;
         }
         let now = state.since_base(Instant::now());
@@ -133,12 +173,38 @@ impl RetryBudget {
     /// Retries the budget would allow right now.
     pub fn remaining(&self) -> u64 {
         let state = &*self.state;
-        if !state.enabled {
+        if !state.enabled.load(Ordering::Relaxed) {
             return u64::MAX;
         }
         let now = state.since_base(Instant::now());
         let (requests, retries) = state.totals(state.date_pending(now));
         state.allowed(requests).saturating_sub(retries)
+    }
+}
+
+/// A policy's limits, in the units the budget counts in.
+struct Limits {
+    window_nanos: u64,
+    bucket_nanos: u64,
+    ratio: f64,
+    reserve: u64,
+}
+
+impl Limits {
+    fn of(policy: &BudgetPolicy) -> Self {
+        let window = policy.window.max(Duration::from_millis(BUCKETS as u64));
+        let window_nanos = nanos(window);
+        let reserve = (f64::from(policy.min_per_second) * window.as_secs_f64()).floor();
+        Limits {
+            window_nanos,
+            bucket_nanos: (window_nanos / BUCKETS as u64).max(1),
+            ratio: if policy.ratio.is_finite() {
+                policy.ratio.max(0.0)
+            } else {
+                0.0
+            },
+            reserve: reserve as u64,
+        }
     }
 }
 
@@ -156,13 +222,16 @@ impl State {
     }
 
     fn allowed(&self, requests: u64) -> u64 {
-        ((requests as f64 * self.ratio).floor() as u64).saturating_add(self.reserve)
+        let ratio = f64::from_bits(self.ratio.load(Ordering::Relaxed));
+        ((requests as f64 * ratio).floor() as u64)
+            .saturating_add(self.reserve.load(Ordering::Relaxed))
     }
 
     /// Credits the requests deposited since the last call to the bucket of `now`; returns
     /// that bucket's epoch.
     fn date_pending(&self, now: u64) -> u64 {
-        let epoch = now / self.bucket_nanos;
+        let epoch = now / self.bucket_nanos.load(Ordering::Acquire).max(1);
+        let window_nanos = self.window_nanos.load(Ordering::Relaxed);
         let taken = self
             .pending
             .iter()
@@ -170,11 +239,11 @@ impl State {
             .fold(0u64, u64::saturating_add);
         let since = now.saturating_sub(self.dated_at.swap(now, Ordering::AcqRel));
         if taken > 0 {
-            let credited = if since <= self.window_nanos {
+            let credited = if since <= window_nanos {
                 taken
             } else {
                 // Only the share that fell inside the window, as if they came evenly.
-                (u128::from(taken) * u128::from(self.window_nanos) / u128::from(since)) as u64
+                (u128::from(taken) * u128::from(window_nanos) / u128::from(since)) as u64
             };
             self.bucket(epoch)
                 .requests
@@ -221,9 +290,12 @@ impl State {
 impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBudget")
-            .field("enabled", &self.state.enabled)
-            .field("ratio", &self.state.ratio)
-            .field("reserve", &self.state.reserve)
+            .field("enabled", &self.state.enabled.load(Ordering::Relaxed))
+            .field(
+                "ratio",
+                &f64::from_bits(self.state.ratio.load(Ordering::Relaxed)),
+            )
+            .field("reserve", &self.state.reserve.load(Ordering::Relaxed))
             .field("remaining", &self.remaining())
             .finish()
     }
@@ -301,6 +373,95 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(b.remaining(), 10);
         assert!(b.try_withdraw());
+    }
+
+    fn limits(ratio: f64, min_per_second: u32, window_secs: u64) -> BudgetPolicy {
+        BudgetPolicy {
+            ratio,
+            min_per_second,
+            window: Duration::from_secs(window_secs),
+            ..BudgetPolicy::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_ratio_or_floor_applies_to_the_counts_already_kept() {
+        let b = budget(0.2, 0, 10);
+        for _ in 0..20 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw());
+        assert!(b.try_withdraw());
+        assert_eq!(b.remaining(), 2);
+        // Through a clone: every service of the layer shares the change.
+        b.clone().reconfigure(&limits(0.5, 0, 10));
+        assert_eq!(
+            b.remaining(),
+            8,
+            "20 requests at 0.5, 2 retries already taken"
+        );
+        b.reconfigure(&limits(0.5, 1, 10));
+        assert_eq!(b.remaining(), 18, "plus a floor of 1/s over 10 s");
+        b.reconfigure(&limits(0.05, 0, 10));
+        assert_eq!(b.remaining(), 0, "1 allowed, 2 taken: none left, no wrap");
+        assert!(!b.try_withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_window_keeps_the_counts_until_it_has_passed() {
+        let b = budget(0.2, 0, 10);
+        for _ in 0..20 {
+            b.deposit();
+        }
+        for _ in 0..4 {
+            assert!(b.try_withdraw());
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A shorter window: the 20 requests and 4 retries still count...
+        b.reconfigure(&limits(0.2, 0, 2));
+        for _ in 0..5 {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), 1, "25 requests at 0.2, 4 retries taken");
+        // ...until two seconds have passed, not the eight left of the old window.
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert_eq!(b.remaining(), 1);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), 2, "only the 10 new requests are left");
+
+        // A longer window keeps them as long as its current tenth is in it: reconfigured at
+        // 7 s, the tenth is 6-12 s, in the window until 66 s.
+        b.reconfigure(&limits(0.2, 0, 60));
+        tokio::time::advance(Duration::from_millis(58_900)).await;
+        assert_eq!(b.remaining(), 2);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(b.remaining(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabling_lets_every_retry_through_and_enabling_resumes_the_counts() {
+        let b = budget(0.0, 1, 10);
+        for _ in 0..10 {
+            assert!(b.try_withdraw());
+        }
+        assert!(!b.try_withdraw());
+        b.reconfigure(&BudgetPolicy {
+            enabled: false,
+            ..limits(0.0, 1, 10)
+        });
+        for _ in 0..100 {
+            assert!(b.try_withdraw());
+        }
+        b.reconfigure(&limits(0.0, 1, 10));
+        assert_eq!(
+            b.remaining(),
+            0,
+            "the 10 retries taken while enabled still count"
+        );
+        assert!(!b.try_withdraw());
     }
 
     #[test]
