@@ -381,7 +381,11 @@ async fn a_failed_response_goes_to_the_fallback_after_the_retries() {
 
     let answer = svc.clone().oneshot(503).await.unwrap();
     assert_eq!(*answer.body(), "cached");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "first attempt and two retries");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "first attempt and two retries"
+    );
     // Declined: the caller gets the original response.
     let declined = svc.clone().oneshot(404).await.unwrap();
     assert_eq!(declined.status(), 404);
@@ -433,4 +437,119 @@ async fn a_failed_response_goes_to_the_fallback_after_the_retries() {
             (s("pricing"), s("success"), 2)
         ]
     );
+}
+
+/// A reload that changes only the breaker's, the budget's and the bulkhead's thresholds keeps
+/// their state: the open breaker stays open (and is the same breaker), the spent budget stays
+/// spent, the permits held by calls in flight stay held.
+#[tokio::test(start_paused = true)]
+async fn a_threshold_only_reload_reconfigures_breaker_budget_and_bulkhead_in_place() {
+    const LIMITS: &str = r#"
+defaults:
+  retry: { max_retries: 0 }
+policies:
+  payment_gateway:
+    circuit_breaker: { consecutive_failures: 2, failure_rate: 0.5, open_timeout: 30s }
+    retry: { budget: { ratio: 0.1, min_per_second: 1 } }
+  ledger_read:
+    timeout: { total: 5s, attempt: 5s }
+    bulkhead: { max_concurrent: 2, max_queue: 0 }
+"#;
+    let store = PolicyStore::new(Policies::from_yaml_str(LIMITS).unwrap());
+    let layer = ResilienceLayer::new(store.clone(), SelfClassified).without_correlation();
+    let handle = layer.handle();
+    let svc = layer.layer(backend());
+
+    for _ in 0..2 {
+        svc.clone()
+            .oneshot(request("payment_gateway", "/fail"))
+            .await
+            .unwrap_err();
+    }
+    let breaker = handle.breaker("payment_gateway").unwrap();
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let trips = breaker.metrics().trips;
+    let budget = handle.budget("payment_gateway").unwrap();
+    while budget.try_withdraw() {}
+
+    // Two calls in flight hold both ledger permits.
+    let first = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    let second = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let bulkhead = handle.bulkhead("ledger_read").unwrap();
+    assert_eq!(bulkhead.in_flight(), 2);
+
+    let report = store
+        .reload_from_str(
+            &LIMITS
+                .replace(
+                    "consecutive_failures: 2, failure_rate: 0.5",
+                    "consecutive_failures: 3, failure_rate: 0.8",
+                )
+                .replace(
+                    "ratio: 0.1, min_per_second: 1",
+                    "ratio: 0.2, min_per_second: 2",
+                )
+                .replace(
+                    "max_concurrent: 2, max_queue: 0",
+                    "max_concurrent: 1, max_queue: 0",
+                ),
+        )
+        .unwrap();
+    assert_eq!(report.changed, ["ledger_read", "payment_gateway"]);
+
+    // The breaker is still open, the same one, under its new thresholds.
+    assert!(matches!(
+        svc.clone().oneshot(request("payment_gateway", "/ok")).await,
+        Err(Error::CircuitOpen(_))
+    ));
+    let after = handle.breaker("payment_gateway").unwrap();
+    assert_eq!(after.state(), CircuitState::Open);
+    assert_eq!(after.metrics().trips, trips);
+    // The budget is the same one, with the retries it counted: a fresh budget under the new
+    // limits would have its whole reserve.
+    let kept = handle.budget("payment_gateway").unwrap();
+    assert_eq!(kept.remaining(), budget.remaining());
+    let fresh = palisade::retry::RetryBudget::new(
+        &store
+            .current()
+            .for_operation("payment_gateway")
+            .retry
+            .budget,
+    );
+    assert!(
+        kept.remaining() < fresh.remaining(),
+        "kept {} fresh {}",
+        kept.remaining(),
+        fresh.remaining()
+    );
+    budget.try_withdraw();
+    assert_eq!(kept.remaining(), budget.remaining(), "one budget, shared");
+
+    // The bulkhead shrank to one permit, but the two calls in flight keep theirs...
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().in_flight(), 2);
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().max_concurrent(), 1);
+    // ...and a new call is refused while more than the new limit are out.
+    assert!(matches!(
+        svc.clone().oneshot(request("ledger_read", "/ok")).await,
+        Err(Error::BulkheadFull(_))
+    ));
+    assert_eq!(first.await.unwrap().unwrap(), "ok");
+    assert_eq!(second.await.unwrap().unwrap(), "ok");
+    // Both returned: one permit (the new limit) is free again.
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().in_flight(), 0);
+    assert_eq!(
+        svc.clone()
+            .oneshot(request("ledger_read", "/ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let one_in = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(matches!(
+        svc.clone().oneshot(request("ledger_read", "/ok")).await,
+        Err(Error::BulkheadFull(_))
+    ));
+    assert_eq!(one_in.await.unwrap().unwrap(), "ok");
 }

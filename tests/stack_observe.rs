@@ -248,7 +248,11 @@ fn the_correlation_section_is_read_and_its_mistakes_located() {
     assert_eq!(bad.kind, IssueKind::OutOfRange);
     assert_eq!(bad.location.as_ref().unwrap().line(), Some(2));
     let underscore = err.issue_at("correlation.response_header").unwrap();
-    assert!(underscore.message.contains("x_id"), "{}", underscore.message);
+    assert!(
+        underscore.message.contains("x_id"),
+        "{}",
+        underscore.message
+    );
     assert_eq!(underscore.location.as_ref().unwrap().line(), Some(3));
     assert_eq!(
         err.issue_at("correlation.trust_traceparent").unwrap().kind,
@@ -258,7 +262,8 @@ fn the_correlation_section_is_read_and_its_mistakes_located() {
     assert_eq!(unknown.kind, IssueKind::UnknownKey);
     assert_eq!(unknown.location.as_ref().unwrap().line(), Some(5));
 
-    let not_a_list = Policies::from_yaml_str("correlation:\n  headers: x-request-id\n").unwrap_err();
+    let not_a_list =
+        Policies::from_yaml_str("correlation:\n  headers: x-request-id\n").unwrap_err();
     assert_eq!(
         not_a_list.issue_at("correlation.headers").unwrap().kind,
         IssueKind::WrongType

@@ -121,10 +121,11 @@
 //! - calls in flight finish under the policy they started with (each call holds its own
 //!   clone of its operation's layers);
 //! - the next call runs under the new table;
-//! - an operation's breaker is kept when its `circuit_breaker` section did not change, its
-//!   retry budget when `retry.budget` did not, its bulkhead when `bulkhead` did not (so a
-//!   change of timeouts or retry counts keeps all three); a changed section starts that piece
-//!   of state afresh (an operator's forced-open or metrics-only mode is carried over);
+//! - each operation keeps its breaker, retry budget and bulkhead partition; a reload that
+//!   changes their thresholds applies them in place (`reconfigure`): an open breaker stays
+//!   open with its trip count and window, a budget keeps the requests and retries it counted,
+//!   a bulkhead resized smaller never takes back a permit held by a call in flight (new calls
+//!   wait until fewer than the new limit are out);
 //! - a removed operation's state is dropped (calls in flight keep theirs until they end).
 //!
 //! # Boxing
