@@ -3,7 +3,7 @@
 # difference between N2 and N1 calls divided by N2 - N1, so start-up costs cancel out.
 # Instruction counts do not move with the machine's load, unlike timings.
 #
-# Usage: benches/instructions.sh layers|circuit_breaker [name...]
+# Usage: benches/instructions.sh layers|circuit_breaker|stack [name...]
 # (builds the bench package first; valgrind must be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ bin=$(cargo bench -p palisade-benches --bench "$bench" --no-run --message-format
 case "$bench" in
   layers) var=LAYERS_COUNT calls=LAYERS_CALLS ;;
   circuit_breaker) var=BREAKER_COUNT calls=BREAKER_CALLS ;;
+  stack) var=STACK_COUNT calls=STACK_CALLS ;;
   *) echo "unknown bench $bench" >&2; exit 2 ;;
 esac
 n1=${N1:-1000}

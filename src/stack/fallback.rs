@@ -65,6 +65,13 @@ pub trait Fallback<Res, E> {
     fn on_responses(&self) -> bool {
         true
     }
+
+    /// Whether there is a fallback at all (`true`); [`NoFallback`] says `false`, so the stack
+    /// returns failures as they are without classifying them or counting them in
+    /// `palisade_fallbacks_total`.
+    fn is_active(&self) -> bool {
+        true
+    }
 }
 
 /// No fallback: failures are returned as they are. The default.
@@ -79,6 +86,10 @@ impl<Res, E> Fallback<Res, E> for NoFallback {
     }
 
     fn on_responses(&self) -> bool {
+        false
+    }
+
+    fn is_active(&self) -> bool {
         false
     }
 }

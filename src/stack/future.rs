@@ -44,7 +44,8 @@ pin_project! {
     {
         #[pin]
         state: State<Svc, Req, Svc::Future, F::Future, Error<E>>,
-        operation: Arc<str>,
+        // Only kept when there is a fallback to hand a failure to.
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     }
@@ -68,7 +69,7 @@ where
     pub(crate) fn new(
         service: Svc,
         request: Req,
-        operation: Arc<str>,
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     ) -> Self {
@@ -85,7 +86,7 @@ where
 
     pub(crate) fn refused(
         error: Error<E>,
-        operation: Arc<str>,
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     ) -> Self {
@@ -139,11 +140,11 @@ where
                         this.state.set(State::Called { future });
                         continue;
                     }
-                    Err(e) => error_of(e.into_stack_error(), this.classifier),
+                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
                 },
                 StateProj::Called { future } => match ready!(future.poll(cx)) {
                     Ok(response) => {
-                        if !this.fallback.on_responses() {
+                        if this.operation.is_none() || !this.fallback.on_responses() {
                             return Poll::Ready(Ok(response));
                         }
                         // A response the classifier calls a failure (a 503 after the retries)
@@ -153,19 +154,23 @@ where
                             _ => return Poll::Ready(Ok(response)),
                         }
                     }
-                    Err(e) => error_of(e.into_stack_error(), this.classifier),
+                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
                 },
-                StateProj::Refused { error } => error_of(
+                StateProj::Refused { error } => failed(
                     error
                         .take()
                         .expect("palisade stack ResponseFuture polled after completion"),
                     this.classifier,
-                ),
+                    this.operation,
+                )?,
                 StateProj::Fallback { future } => return future.poll(cx),
             };
-            record_fallback(this.operation, classification.as_ref());
+            let Some(operation) = this.operation else {
+                unreachable!("failures reach here only when there is a fallback");
+            };
+            record_fallback(operation, classification.as_ref());
             let future = this.fallback.recover(Failure {
-                operation: this.operation.clone(),
+                operation: operation.clone(),
                 result,
                 classification,
             });
@@ -174,17 +179,24 @@ where
     }
 }
 
-/// An error and its classification: a layer's own, or the classifier's verdict on the
-/// service's error.
-fn error_of<Res, E, C: Classify<Res, E>>(
+type ToFallback<Res, E> = (Result<Res, Error<E>>, Option<Classification>);
+
+/// A failed call: returned as it is (`Err`) without a fallback, else with its
+/// classification (a layer's own, or the classifier's verdict on the service's error) for the
+/// fallback.
+fn failed<Res, E, C: Classify<Res, E>>(
     error: Error<E>,
     classifier: &C,
-) -> (Result<Res, Error<E>>, Option<Classification>) {
+    operation: &Option<Arc<str>>,
+) -> Result<ToFallback<Res, E>, Error<E>> {
+    if operation.is_none() {
+        return Err(error);
+    }
     let classification = match error.last_attempt() {
         Error::Inner(e) => classifier.outcome(Err(e)).classification().cloned(),
         other => other.layer_classification(),
     };
-    (Err(error), classification)
+    Ok((Err(error), classification))
 }
 
 /// Counts a failure handed to the fallback, with its original classification, and logs it at

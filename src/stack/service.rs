@@ -189,7 +189,12 @@ where
         let shared = &*self.shared;
         let policy = shared.select.select(&table.policies, &request);
         let stack = table.stack(policy);
-        let operation = stack.policy.name_arc().clone();
+        // The operation's name is kept for the fallback only: without one, a call holds no
+        // reference count of its own for it.
+        let operation = shared
+            .fallback
+            .is_active()
+            .then(|| stack.policy.name_arc().clone());
         let future = if stack.policy.enabled {
             ResponseFuture::new(
                 stack.service.clone(),
@@ -202,7 +207,7 @@ where
             // The kill switch: refused before any layer or the service is touched.
             ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
-                    operation: operation.clone(),
+                    operation: stack.policy.name_arc().clone(),
                 }),
                 operation,
                 shared.classifier.clone(),
