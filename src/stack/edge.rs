@@ -6,7 +6,9 @@
 //! responses inside the correlation layer, so a problem response or a gRPC status carries the
 //! request's ID (echoed header, `correlation_id` in the body) like any other response.
 
-/// A wrapper the stack puts around its core; see the [module docs](self).
+/// A wrapper the stack puts around its core. [`ResilienceLayer`](super::ResilienceLayer)
+/// puts the correlation edge outermost, then the one that turns errors into responses, so a
+/// refusal answered as a response carries the request's correlation ID.
 pub trait Edge {
     /// The wrapped service.
     type Service<T>;

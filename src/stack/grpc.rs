@@ -231,6 +231,28 @@ mod tests {
         assert_eq!(Status::from(own).code(), Code::NotFound);
     }
 
+    #[cfg(feature = "correlation")]
+    #[tokio::test]
+    async fn a_refusal_made_while_an_id_is_current_carries_it() {
+        use crate::correlation::{CorrelationId, scope};
+        let open = || -> Error<Status> {
+            Error::CircuitOpen(CircuitOpen {
+                breaker: "orders".into(),
+                retry_after: Duration::from_secs(1),
+            })
+        };
+        let id = CorrelationId::parse(b"order-7f3a").unwrap();
+        let s = scope(id, async { Status::from(open()) }).await;
+        assert_eq!(s.metadata().get("x-request-id").unwrap(), "order-7f3a");
+        // Outside any request: no ID to quote.
+        assert!(
+            Status::from(open())
+                .metadata()
+                .get("x-request-id")
+                .is_none()
+        );
+    }
+
     #[test]
     fn refusals_become_trailers_only_responses() {
         let open: Error<Status> = Error::CircuitOpen(CircuitOpen {
