@@ -117,21 +117,25 @@ impl Service<ClientRequest> for ClientService {
         Service::<reqwest::Request>::poll_ready(&mut self.0, cx)
     }
 
-    fn call(&mut self, mut request: ClientRequest) -> Self::Future {
-        // Made while handling a request: pass its correlation ID on, unless the caller set
-        // one (as `PropagateCorrelationLayer` does; each attempt of a retried call carries it).
+    fn call(&mut self, request: ClientRequest) -> Self::Future {
         #[cfg(feature = "correlation")]
-        {
-            use crate::correlation::{CorrelationId, X_REQUEST_ID};
-            let headers = request.request.headers_mut();
-            if !headers.contains_key(X_REQUEST_ID)
-                && let Some(id) = CorrelationId::current()
-            {
-                headers.insert(X_REQUEST_ID, id.header_value().clone());
-            }
-        }
+        let request = with_current_id(request);
         self.0.call(request.request)
     }
+}
+
+/// Made while handling a request: passes its correlation ID on, unless the caller set one (as
+/// `PropagateCorrelationLayer` does); each attempt of a retried call carries it.
+#[cfg(feature = "correlation")]
+fn with_current_id(mut request: ClientRequest) -> ClientRequest {
+    use crate::correlation::{CorrelationId, X_REQUEST_ID};
+    let headers = request.request.headers_mut();
+    if !headers.contains_key(X_REQUEST_ID)
+        && let Some(id) = CorrelationId::current()
+    {
+        headers.insert(X_REQUEST_ID, id.header_value().clone());
+    }
+    request
 }
 
 /// The stack around a client.
