@@ -19,8 +19,9 @@ use crate::timeout::{Timeout, TimeoutLayer};
 /// retry -> circuit breaker -> attempt timeout -> the service. This alias (with
 /// the private `OperationStack::build`) is the only place that knows the order.
 ///
-/// Correlation and error metrics (issue 5) sit outside [`Resilience`](super::Resilience),
-/// which also holds the kill switch and the fallback; see the [module docs](super).
+/// [`Resilience`](super::Resilience) wraps these in the kill switch, the fallback and the
+/// stack's error metrics; the correlation layer and the conversion of errors into responses
+/// sit outside it (`ResilienceLayer::layer`); see the [module docs](super).
 pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
     Timeout<Retry<<B as Breakers<C>>::Service<Timeout<S>>, ThroughLayers<ThroughLayers<C>>, P>>,
 >;
