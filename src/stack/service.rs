@@ -47,8 +47,9 @@ use crate::retry::Replay;
 ///
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
 /// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
-/// layers (reference counts, and the inner service), and the layers' own costs. No lock, and
-/// no allocation of its own.
+/// layers (reference counts, and the inner service), the error metrics' clock read and two
+/// reference counts (unless turned off), and the layers' own costs. No lock, and no
+/// allocation of its own. Figures in `docs/performance.md`.
 pub struct Resilience<
     S,
     C,
