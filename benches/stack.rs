@@ -41,7 +41,10 @@ fn policies() -> Policies {
     Policies::from_yaml_str("policies:\n  bench: {}\n").unwrap()
 }
 
-fn whole_stack() -> impl Service<u64, Error = impl Debug> {
+fn whole_stack() -> impl Service<u64, Response = u64, Error = impl Debug + Send, Future = impl Send>
++ Clone
++ Send
++ 'static {
     ResilienceLayer::from_policies(policies(), SelfClassified)
         .without_correlation()
         .with_replay(CloneRequest)
@@ -118,6 +121,65 @@ fn http_by_hand() -> impl Service<Request<()>, Error = impl Debug> + Clone {
         .service(HttpNoop)
 }
 
+/// Times `iters` calls shared by 64 tasks on a runtime of `workers` workers, each task with
+/// its own clone of the service, as CPU time of the process per call (as the breaker bench
+/// does): shared state (reference counts, the retry layer's process-wide jitter seed, the
+/// bulkhead's semaphore, the breaker's window) is then touched from both cores.
+fn concurrent<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> std::time::Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug + Send,
+    S::Response: Send,
+{
+    const TASKS: u64 = 64;
+    let per_task = iters.div_ceil(TASKS);
+    rt.block_on(async {
+        let start = CpuTimer::start();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        black_box(svc.ready().await.unwrap().call(i).await.unwrap());
+                        if i % 256 == 255 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let spent = start.elapsed(2);
+        std::time::Duration::from_secs_f64(
+            spent.as_secs_f64() * iters as f64 / (per_task * TASKS) as f64,
+        )
+    })
+}
+
+fn stack_concurrent(c: &mut Criterion) {
+    for workers in [1, 2] {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut g = c.benchmark_group(format!("stack_64_tasks_{workers}_workers"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("palisade ResilienceLayer (whole stack)", |b| {
+            let svc = whole_stack();
+            b.iter_custom(|iters| concurrent(&rt, &svc, iters))
+        });
+        g.bench_function("palisade layers stacked by hand", |b| {
+            let svc = by_hand();
+            b.iter_custom(|iters| concurrent(&rt, &svc, iters))
+        });
+        g.finish();
+    }
+}
+
 async fn drive_http<S>(service: &mut S, calls: u64)
 where
     S: Service<Request<()>>,
@@ -155,7 +217,10 @@ where
     group.finish();
 }
 
-fn by_hand() -> impl Service<u64, Error = impl Debug> {
+fn by_hand() -> impl Service<u64, Response = u64, Error = impl Debug + Send, Future = impl Send>
++ Clone
++ Send
++ 'static {
     let p: Policy = (**policies().for_operation("bench")).clone();
     ServiceBuilder::new()
         .layer(BulkheadLayer::unshared("bench", &p.bulkhead))
@@ -272,7 +337,7 @@ fn count_instructions(name: &str, calls: u64) {
     });
 }
 
-criterion_group!(benches, stack);
+criterion_group!(benches, stack, stack_concurrent);
 
 fn main() {
     palisade_benches::bench_main("STACK", count_instructions, benches);
