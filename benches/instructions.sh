@@ -3,7 +3,7 @@
 # difference between N2 and N1 calls divided by N2 - N1, so start-up costs cancel out.
 # Instruction counts do not move with the machine's load, unlike timings.
 #
-# Usage: benches/instructions.sh layers|circuit_breaker|observability [name...]
+# Usage: benches/instructions.sh layers|circuit_breaker|observability|stack [name...]
 # (builds the bench package first; valgrind must be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ case "$bench" in
   layers) var=LAYERS_COUNT calls=LAYERS_CALLS ;;
   circuit_breaker) var=BREAKER_COUNT calls=BREAKER_CALLS ;;
   observability) var=OBSERVE_COUNT calls=OBSERVE_CALLS ;;
+  stack) var=STACK_COUNT calls=STACK_CALLS ;;
   *) echo "unknown bench $bench" >&2; exit 2 ;;
 esac
 n1=${N1:-1000}

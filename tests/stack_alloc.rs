@@ -1,6 +1,8 @@
-//! Proof that the whole stack (`ResilienceLayer`: selection, kill switch, bulkhead, total
-//! timeout, retry, circuit breaker, attempt timeout) allocates nothing per call on the success
-//! path. Only the test's own thread is counted (tests/support/counting_alloc.rs).
+//! Proof that the whole stack (`ResilienceLayer`: selection, error metrics, kill switch,
+//! bulkhead, total timeout, retry, circuit breaker, attempt timeout) allocates nothing per
+//! call on the success path, and that its correlation layer allocates only for the ID it
+//! stores in the request's extensions. Only the test's own thread is counted
+//! (tests/support/counting_alloc.rs).
 
 use palisade::classify::{
     Category, Classification, Classified, SelfClassified, Severity, Transience,
@@ -71,16 +73,17 @@ fn the_whole_stack_allocates_nothing_per_call() {
         let by_name = ResilienceLayer::from_policies(policies.clone(), SelfClassified)
             .with_replay(CloneRequest)
             .with_select(ByName::new("ledger_read"))
+            .without_correlation()
             .layer(yields());
         assert_eq!(allocations(by_name, |i| i, 1000).await, 0, "stack, by name");
 
         // Selection by route on an `http::Request` (built outside the count).
-        let by_route = ResilienceLayer::from_policies(policies, SelfClassified).layer(service_fn(
-            |r: http::Request<()>| async move {
+        let by_route = ResilienceLayer::from_policies(policies, SelfClassified)
+            .without_correlation()
+            .layer(service_fn(|r: http::Request<()>| async move {
                 tokio::task::yield_now().await;
                 Ok::<_, Never>(r.method().as_str().len())
-            },
-        ));
+            }));
         let requests: Vec<_> = (0..1001)
             .map(|_| http::Request::get("/balance").body(()).unwrap())
             .collect();
@@ -90,6 +93,74 @@ fn the_whole_stack_allocates_nothing_per_call() {
             allocations(by_route, next, 1000).await,
             0,
             "stack, by route"
+        );
+
+        // The HTTP stack with correlation and error metrics (no recorder installed), requests
+        // as a server hands them over: an incoming ID, extensions already in use.
+        #[derive(Clone)]
+        struct Served;
+        // The handler answers with a header already set, as real ones do (content type): an
+        // empty response's header map would allocate its table for the echoed ID.
+        let handler = || {
+            service_fn(|_: http::Request<()>| async move {
+                tokio::task::yield_now().await;
+                let mut r = http::Response::new(());
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, Never>(r)
+            })
+        };
+        let http = ResilienceLayer::from_policies(
+            Policies::from_yaml_str(
+                "policies:\n  ledger_read: {}\nroutes:\n  \"GET /balance\": ledger_read\n",
+            )
+            .unwrap(),
+            SelfClassified,
+        )
+        .layer(handler());
+        let served = |id: Option<&'static str>| {
+            let requests: Vec<_> = (0..1001)
+                .map(|_| {
+                    // Headers and extensions already in use, as a server hands requests over
+                    // (an empty header map would allocate its table for the generated ID).
+                    let mut r = http::Request::get("/balance")
+                        .header(http::header::HOST, "ledger.internal")
+                        .body(())
+                        .unwrap();
+                    r.extensions_mut().insert(Served);
+                    if let Some(id) = id {
+                        r.headers_mut()
+                            .insert("x-request-id", http::HeaderValue::from_static(id));
+                    }
+                    r
+                })
+                .collect();
+            std::sync::Mutex::new(requests)
+        };
+        // What the handler allocates on its own (its response's header map).
+        let bare = served(Some("balance-7f3a"));
+        let next = |_| bare.lock().unwrap().pop().unwrap();
+        let own = allocations(handler(), next, 1000).await;
+        assert!(own >= 1000, "the handler's header map: {own}");
+
+        let with_id = served(Some("balance-7f3a"));
+        let next = |_| with_id.lock().unwrap().pop().unwrap();
+        let n = allocations(http.clone(), next, 1000).await - own;
+        // One per call: the ID's box in the request's extensions (`Extensions::insert` boxes
+        // each value). Nothing else: selection, metrics, the layers, the echo.
+        assert_eq!(
+            n, 1000,
+            "http stack, incoming id: {n} allocations for 1000 calls"
+        );
+        let without_id = served(None);
+        let next = |_| without_id.lock().unwrap().pop().unwrap();
+        let n = allocations(http, next, 1000).await - own;
+        // Two per call: the generated ID itself, and its box in the extensions.
+        assert_eq!(
+            n, 2000,
+            "http stack, generated id: {n} allocations for 1000 calls"
         );
     });
 }

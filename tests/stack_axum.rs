@@ -164,18 +164,20 @@ async fn an_open_breaker_on_one_route_leaves_the_others_serving() {
             .unwrap();
         assert_eq!(r.status(), 502);
     }
-    let (status, retry_after, body) = problem(
-        f.client
-            .post(format!("{}/v1/transfers", f.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let refused = f
+        .client
+        .post(format!("{}/v1/transfers", f.base))
+        .header("x-request-id", "transfer-7f3a")
+        .send()
+        .await
+        .unwrap();
+    // The refusal carries the request's ID, echoed and in the body.
+    assert_eq!(refused.headers()["x-request-id"], "transfer-7f3a");
+    let (status, retry_after, body) = problem(refused).await;
     assert_eq!(status, 503);
     assert_eq!(body["code"], "circuit_open");
     assert_eq!(body["operation"], "transfers");
-    assert_eq!(body["correlation_id"], serde_json::Value::Null);
+    assert_eq!(body["correlation_id"], "transfer-7f3a");
     let retry_after: u64 = retry_after.unwrap().parse().unwrap();
     assert!((29..=30).contains(&retry_after), "{retry_after}");
 
@@ -318,12 +320,12 @@ async fn a_fallback_answers_for_a_switched_off_route() {
         HttpStatus::new(),
     )
     .with_fallback(fallback_fn(
-        |failure: Failure<std::convert::Infallible>| async move {
+        |failure: Failure<axum::response::Response, std::convert::Infallible>| async move {
             match failure.code() {
                 Some("operation_disabled") => {
                     Ok((StatusCode::OK, "served from the nightly snapshot").into_response())
                 }
-                _ => Err(failure.into_error()),
+                _ => failure.decline(),
             }
         },
     ));

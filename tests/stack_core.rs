@@ -58,7 +58,8 @@ policies:
 #[tokio::test(start_paused = true)]
 async fn one_operation_failing_never_blocks_another() {
     let layer =
-        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified)
+            .without_correlation();
     let handle = layer.handle();
     let svc = layer.layer(backend());
 
@@ -126,7 +127,8 @@ async fn one_operation_failing_never_blocks_another() {
 async fn services_of_one_layer_share_the_operation_state() {
     // axum's Router::layer builds one service per route: they must share one breaker.
     let layer =
-        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified);
+        ResilienceLayer::from_policies(Policies::from_yaml_str(TABLE).unwrap(), SelfClassified)
+            .without_correlation();
     let a = layer.layer(backend());
     let b = layer.layer(backend());
     a.oneshot(request("payment_gateway", "/fail"))
@@ -153,8 +155,9 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
         }
     });
     let policies = Policies::from_yaml_str(TABLE).unwrap();
-    let plain =
-        ResilienceLayer::from_policies(policies.clone(), SelfClassified).layer(counting.clone());
+    let plain = ResilienceLayer::from_policies(policies.clone(), SelfClassified)
+        .without_correlation()
+        .layer(counting.clone());
     match plain.oneshot(request("legacy_export", "/x")).await {
         Err(Error::OperationDisabled(off)) => assert_eq!(&*off.operation, "legacy_export"),
         other => panic!("expected the kill switch, got {other:?}"),
@@ -164,18 +167,21 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
     let codes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = codes.clone();
     let degraded = ResilienceLayer::from_policies(policies, SelfClassified)
-        .with_fallback(fallback_fn(move |f: Failure<std::io::Error>| {
-            let log = log.clone();
-            async move {
-                log.lock()
-                    .unwrap()
-                    .push((f.operation.to_string(), f.code().unwrap().to_owned()));
-                match f.code() {
-                    Some("operation_disabled" | "circuit_open") => Ok("cached"),
-                    _ => Err(f.into_error()),
+        .without_correlation()
+        .with_fallback(fallback_fn(
+            move |f: Failure<&'static str, std::io::Error>| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .unwrap()
+                        .push((f.operation.to_string(), f.code().unwrap().to_owned()));
+                    match f.code() {
+                        Some("operation_disabled" | "circuit_open") => Ok("cached"),
+                        _ => f.decline(),
+                    }
                 }
-            }
-        }))
+            },
+        ))
         .layer(counting);
     assert_eq!(
         degraded
@@ -223,7 +229,9 @@ async fn the_kill_switch_refuses_without_calling_and_the_fallback_answers() {
 #[tokio::test(start_paused = true)]
 async fn a_reload_applies_to_the_next_call_while_calls_in_flight_keep_their_policy() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .layer(backend());
 
     // Started under a 5 s timeout; takes 2 s.
     let in_flight = tokio::spawn(svc.clone().oneshot(request("quote", "/slow/2000")));
@@ -253,7 +261,9 @@ async fn a_reload_applies_to_the_next_call_while_calls_in_flight_keep_their_poli
 #[tokio::test(start_paused = true)]
 async fn an_invalid_reload_is_rejected_and_the_running_table_stays() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let svc = ResilienceLayer::new(store.clone(), SelfClassified).layer(backend());
+    let svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .layer(backend());
     let err = store
         .reload_from_str(&TABLE.replace("enabled: false", "enabled: maybe"))
         .unwrap_err();
@@ -269,7 +279,7 @@ async fn an_invalid_reload_is_rejected_and_the_running_table_stays() {
 #[tokio::test(start_paused = true)]
 async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operations_go() {
     let store = PolicyStore::new(Policies::from_yaml_str(TABLE).unwrap());
-    let layer = ResilienceLayer::new(store.clone(), SelfClassified);
+    let layer = ResilienceLayer::new(store.clone(), SelfClassified).without_correlation();
     let handle = layer.handle();
     let svc = layer.layer(backend());
     for _ in 0..2 {
@@ -313,4 +323,233 @@ async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operati
             .unwrap(),
         "ok"
     );
+}
+
+/// A 503 the classifier calls a failure reaches the fallback once the retries are spent,
+/// with its classification, and is counted in `palisade_fallbacks_total`; the caller's
+/// outcome (what `palisade_requests_total` records) is the fallback's answer.
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn a_failed_response_goes_to_the_fallback_after_the_retries() {
+    use http::{Response, StatusCode};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use palisade::classify::HttpStatus;
+    use palisade::retry::CloneRequest;
+    use palisade::stack::{ByName, FALLBACKS_TOTAL};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let pricing = service_fn(move |status: u16| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = Response::new("from pricing");
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, std::io::Error>(r)
+        }
+    });
+    let policies = Policies::from_yaml_str(
+        "policies:\n  pricing: { retry: { max_retries: 2 }, circuit_breaker: { consecutive_failures: 100 } }\n",
+    )
+    .unwrap();
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = failures.clone();
+    let svc = ResilienceLayer::from_policies(policies, HttpStatus::new())
+        .without_correlation()
+        .with_select(ByName::new("pricing"))
+        .with_replay(CloneRequest)
+        .with_fallback(fallback_fn(
+            move |f: Failure<Response<&'static str>, std::io::Error>| {
+                log.lock().unwrap().push((
+                    f.code().map(str::to_owned),
+                    f.response().map(|r| r.status().as_u16()),
+                ));
+                async move {
+                    match f.response().map(|r| r.status()) {
+                        // Served from a cache...
+                        Some(StatusCode::SERVICE_UNAVAILABLE) => Ok(Response::new("cached")),
+                        // ...or let through as it was.
+                        _ => f.decline(),
+                    }
+                }
+            },
+        ))
+        .layer(pricing);
+
+    let answer = svc.clone().oneshot(503).await.unwrap();
+    assert_eq!(*answer.body(), "cached");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "first attempt and two retries"
+    );
+    // Declined: the caller gets the original response.
+    let declined = svc.clone().oneshot(404).await.unwrap();
+    assert_eq!(declined.status(), 404);
+    assert_eq!(*declined.body(), "from pricing");
+    // A success never reaches the fallback.
+    assert_eq!(svc.oneshot(200).await.unwrap().status(), 200);
+    assert_eq!(
+        *failures.lock().unwrap(),
+        [
+            (Some("http_503".to_owned()), Some(503)),
+            (Some("http_404".to_owned()), Some(404)),
+        ]
+    );
+
+    let mut fallbacks = Vec::new();
+    let mut outcomes = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let label = |name: &str| {
+            key.key()
+                .labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+        };
+        let DebugValue::Counter(n) = value else {
+            continue;
+        };
+        if key.key().name() == FALLBACKS_TOTAL {
+            fallbacks.push((label("operation"), label("code"), label("transience"), n));
+        }
+        if key.key().name() == "palisade_requests_total" {
+            outcomes.push((label("operation"), label("outcome"), n));
+        }
+    }
+    fallbacks.sort();
+    outcomes.sort();
+    let s = |x: &str| Some(x.to_owned());
+    assert_eq!(
+        fallbacks,
+        [
+            (s("pricing"), s("http_404"), s("persistent"), 1),
+            (s("pricing"), s("http_503"), s("transient"), 1),
+        ]
+    );
+    // The cached answer is a success for the caller; the declined 404 stays a failure.
+    assert_eq!(
+        outcomes,
+        [
+            (s("pricing"), s("failure"), 1),
+            (s("pricing"), s("success"), 2)
+        ]
+    );
+}
+
+/// A reload that changes only the breaker's, the budget's and the bulkhead's thresholds keeps
+/// their state: the open breaker stays open (and is the same breaker), the spent budget stays
+/// spent, the permits held by calls in flight stay held.
+#[tokio::test(start_paused = true)]
+async fn a_threshold_only_reload_reconfigures_breaker_budget_and_bulkhead_in_place() {
+    const LIMITS: &str = r#"
+defaults:
+  retry: { max_retries: 0 }
+policies:
+  payment_gateway:
+    circuit_breaker: { consecutive_failures: 2, failure_rate: 0.5, open_timeout: 30s }
+    retry: { budget: { ratio: 0.1, min_per_second: 1 } }
+  ledger_read:
+    timeout: { total: 5s, attempt: 5s }
+    bulkhead: { max_concurrent: 2, max_queue: 0 }
+"#;
+    let store = PolicyStore::new(Policies::from_yaml_str(LIMITS).unwrap());
+    let layer = ResilienceLayer::new(store.clone(), SelfClassified).without_correlation();
+    let handle = layer.handle();
+    let svc = layer.layer(backend());
+
+    for _ in 0..2 {
+        svc.clone()
+            .oneshot(request("payment_gateway", "/fail"))
+            .await
+            .unwrap_err();
+    }
+    let breaker = handle.breaker("payment_gateway").unwrap();
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let trips = breaker.metrics().trips;
+    let budget = handle.budget("payment_gateway").unwrap();
+    while budget.try_withdraw() {}
+
+    // Two calls in flight hold both ledger permits.
+    let first = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    let second = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let bulkhead = handle.bulkhead("ledger_read").unwrap();
+    assert_eq!(bulkhead.in_flight(), 2);
+
+    let report = store
+        .reload_from_str(
+            &LIMITS
+                .replace(
+                    "consecutive_failures: 2, failure_rate: 0.5",
+                    "consecutive_failures: 3, failure_rate: 0.8",
+                )
+                .replace(
+                    "ratio: 0.1, min_per_second: 1",
+                    "ratio: 0.2, min_per_second: 2",
+                )
+                .replace(
+                    "max_concurrent: 2, max_queue: 0",
+                    "max_concurrent: 1, max_queue: 0",
+                ),
+        )
+        .unwrap();
+    assert_eq!(report.changed, ["ledger_read", "payment_gateway"]);
+
+    // The breaker is still open, the same one, under its new thresholds.
+    assert!(matches!(
+        svc.clone().oneshot(request("payment_gateway", "/ok")).await,
+        Err(Error::CircuitOpen(_))
+    ));
+    let after = handle.breaker("payment_gateway").unwrap();
+    assert_eq!(after.state(), CircuitState::Open);
+    assert_eq!(after.metrics().trips, trips);
+    // The budget is the same one, with the retries it counted: a fresh budget under the new
+    // limits would have its whole reserve.
+    let kept = handle.budget("payment_gateway").unwrap();
+    assert_eq!(kept.remaining(), budget.remaining());
+    let fresh = palisade::retry::RetryBudget::new(
+        &store
+            .current()
+            .for_operation("payment_gateway")
+            .retry
+            .budget,
+    );
+    assert!(
+        kept.remaining() < fresh.remaining(),
+        "kept {} fresh {}",
+        kept.remaining(),
+        fresh.remaining()
+    );
+    budget.try_withdraw();
+    assert_eq!(kept.remaining(), budget.remaining(), "one budget, shared");
+
+    // The bulkhead shrank to one permit, but the two calls in flight keep theirs...
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().in_flight(), 2);
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().max_concurrent(), 1);
+    // ...and a new call is refused while more than the new limit are out.
+    assert!(matches!(
+        svc.clone().oneshot(request("ledger_read", "/ok")).await,
+        Err(Error::BulkheadFull(_))
+    ));
+    assert_eq!(first.await.unwrap().unwrap(), "ok");
+    assert_eq!(second.await.unwrap().unwrap(), "ok");
+    // Both returned: one permit (the new limit) is free again.
+    assert_eq!(handle.bulkhead("ledger_read").unwrap().in_flight(), 0);
+    assert_eq!(
+        svc.clone()
+            .oneshot(request("ledger_read", "/ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let one_in = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert!(matches!(
+        svc.clone().oneshot(request("ledger_read", "/ok")).await,
+        Err(Error::BulkheadFull(_))
+    ));
+    assert_eq!(one_in.await.unwrap().unwrap(), "ok");
 }

@@ -47,7 +47,15 @@ async fn host() -> (String, Arc<AtomicU32>) {
             post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
         )
         .route("/up", post(|| async { StatusCode::OK }))
-        .route("/rates", get(|| async { "1.08" }));
+        .route("/rates", get(|| async { "1.08" }))
+        .route(
+            "/whoami",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get("x-request-id")
+                    .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -124,4 +132,39 @@ async fn a_host_that_is_down_opens_its_own_breaker_only() {
     };
     assert_eq!(state(&down), CircuitState::Open);
     assert_eq!(state(&up), CircuitState::Closed);
+}
+
+#[cfg(feature = "correlation")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_while_handling_a_request_carries_its_correlation_id() {
+    use palisade::correlation::{CorrelationId, scope};
+
+    let (base, _) = host().await;
+    let client = ResilientClient::from_policies(
+        reqwest::Client::new(),
+        Policies::from_yaml_str(POLICIES).unwrap(),
+    );
+    let id = CorrelationId::parse(b"transfer-7f3a").unwrap();
+    let seen = scope(id, async {
+        client
+            .get("payment_gateway", format!("{base}/whoami"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(seen, "transfer-7f3a");
+    // Outside a request there is nothing to pass on.
+    let seen = client
+        .get("payment_gateway", format!("{base}/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(seen, "none");
 }

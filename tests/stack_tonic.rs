@@ -122,18 +122,33 @@ where
     S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     <S::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
 {
+    unary_as(client, path, None).await.map(Response::into_inner)
+}
+
+/// A call with an `x-request-id` in its metadata, if given; the whole response.
+async fn unary_as<S>(
+    client: &mut tonic::client::Grpc<S>,
+    path: &'static str,
+    id: Option<&'static str>,
+) -> Result<Response<Vec<u8>>, Status>
+where
+    S: tonic::client::GrpcService<Body>,
+    S::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <S::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+{
     client
         .ready()
         .await
         .map_err(|e| Status::unknown(e.into().to_string()))?;
+    let mut request = Request::new(b"EURUSD".to_vec());
+    if let Some(id) = id {
+        request
+            .metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+    }
     client
-        .unary(
-            Request::new(b"EURUSD".to_vec()),
-            http::uri::PathAndQuery::from_static(path),
-            Raw,
-        )
+        .unary(request, http::uri::PathAndQuery::from_static(path), Raw)
         .await
-        .map(Response::into_inner)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +184,17 @@ async fn the_server_stack_answers_with_statuses_and_pushback() {
         .parse()
         .unwrap();
     assert!((29_000..=30_000).contains(&pushback), "{pushback}");
+    // The server stack's correlation layer: a refusal carries the caller's ID back in its
+    // metadata, and a call without one gets a generated ID.
+    let s = unary_as(&mut client, "/exchange.v1.Orders/Place", Some("order-7f3a"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable);
+    assert_eq!(s.metadata().get("x-request-id").unwrap(), "order-7f3a");
+    let ok = unary_as(&mut client, "/exchange.v1.Orders/Quote", None)
+        .await
+        .unwrap();
+    assert_eq!(ok.metadata().get("x-request-id").unwrap().len(), 36);
     // Other methods still answer; the kill switch refuses.
     assert_eq!(
         unary(&mut client, "/exchange.v1.Orders/Quote")

@@ -359,6 +359,31 @@ impl Default for BulkheadPolicy {
     }
 }
 
+/// Where a server stack takes each request's correlation ID from and where it echoes it: the
+/// file's top-level `correlation:` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CorrelationPolicy {
+    /// Headers an incoming ID is accepted from, in order (lowercase). Default `[x-request-id]`.
+    pub headers: Vec<Arc<str>>,
+    /// The header the ID is echoed in on the response; it is also read first. Default: the
+    /// first of `headers`.
+    pub response_header: Option<Arc<str>>,
+    /// Whether the trace ID of a W3C `traceparent` is taken as the ID when no ID header is
+    /// valid. Default `true`.
+    pub trust_traceparent: bool,
+}
+
+impl Default for CorrelationPolicy {
+    fn default() -> Self {
+        CorrelationPolicy {
+            headers: vec![Arc::from("x-request-id")],
+            response_header: None,
+            trust_traceparent: true,
+        }
+    }
+}
+
 /// Routes to one path: a policy for any method and policies for given methods.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct RouteEntry {
@@ -374,6 +399,7 @@ pub struct Policies {
     routes: HashMap<Box<str>, RouteEntry>,
     route_list: Vec<(String, Arc<str>)>,
     error_codes: BTreeMap<String, Arc<CodeTable>>,
+    pub(crate) correlation: CorrelationPolicy,
 }
 
 impl Default for Policies {
@@ -385,6 +411,7 @@ impl Default for Policies {
             routes: HashMap::new(),
             route_list: Vec::new(),
             error_codes: BTreeMap::new(),
+            correlation: CorrelationPolicy::default(),
         }
     }
 }
@@ -451,6 +478,11 @@ impl Policies {
     /// The error-code table named `name` (`binance`).
     pub fn error_codes(&self, name: &str) -> Option<&Arc<CodeTable>> {
         self.error_codes.get(name)
+    }
+
+    /// The `correlation:` section: correlation ID headers for server stacks.
+    pub fn correlation(&self) -> &CorrelationPolicy {
+        &self.correlation
     }
 
     /// Every error-code table, by name.

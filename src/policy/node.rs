@@ -57,8 +57,8 @@ pub(crate) enum Value {
     Int(i64),
     Float(f64),
     Str(String),
-    /// A list: no policy key takes one yet, so only its presence is kept.
-    Seq,
+    /// A list (`correlation.headers`).
+    Seq(Vec<Node>),
     Map(Vec<(Key, Node)>),
 }
 
@@ -71,7 +71,7 @@ impl Value {
             Value::Int(_) => "a whole number",
             Value::Float(_) => "a number",
             Value::Str(_) => "a string",
-            Value::Seq => "a list",
+            Value::Seq(_) => "a list",
             Value::Map(_) => "a section (mapping)",
         }
     }
@@ -179,8 +179,11 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        while seq.next_element::<Node>()?.is_some() {}
-        Ok(Value::Seq)
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Node>()? {
+            items.push(item);
+        }
+        Ok(Value::Seq(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {

@@ -719,3 +719,65 @@ pub(crate) fn code_entry(node: &Node, path: &str, issues: &mut Issues) -> Option
         },
     })
 }
+
+/// Reads the top-level `correlation:` section: header names are checked here (lowercase
+/// HTTP token characters), so the stack can turn them into header names without failing.
+pub(crate) fn correlation(node: &Node, issues: &mut Issues) -> super::CorrelationPolicy {
+    let mut out = super::CorrelationPolicy::default();
+    let Some(mut s) = Section::open(node, "correlation", issues) else {
+        return out;
+    };
+    let mut r = Reader {
+        issues,
+        section: Arc::from("correlation"),
+    };
+    if let Some(n) = s.take("headers") {
+        let path = s.child("headers");
+        match &n.value {
+            Value::Seq(items) if !items.is_empty() => {
+                let names: Vec<_> = (items.iter().enumerate())
+                    .filter_map(|(i, item)| header_name(item, &format!("{path}.{i}"), &mut r))
+                    .collect();
+                if names.len() == items.len() {
+                    out.headers = names;
+                }
+            }
+            _ => wrong_type(
+                r.issues,
+                &path,
+                n,
+                "a list of header names",
+                "write `headers: [x-request-id, x-correlation-id]`".into(),
+            ),
+        }
+    }
+    if let Some(n) = s.take("response_header") {
+        out.response_header = header_name(n, &s.child("response_header"), &mut r);
+    }
+    if let Some(b) = s.take("trust_traceparent") {
+        let b = r.boolean(b, &s.child("trust_traceparent"));
+        out.trust_traceparent = b.map_or(out.trust_traceparent, |b| b.value);
+    }
+    s.finish(r.issues);
+    out
+}
+
+/// A header name: 1 to 64 lowercase letters, digits or `-` (HTTP/2 requires lowercase names).
+fn header_name(node: &Node, path: &str, r: &mut Reader<'_>) -> Option<Arc<str>> {
+    let name = r.string(node, path)?.value.to_ascii_lowercase();
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        r.issues.push(
+            IssueKind::OutOfRange,
+            path,
+            &node.origin,
+            format!("`{name}` is not a header name"),
+            "use letters, digits and `-`, e.g. `x-request-id`",
+        );
+        return None;
+    }
+    Some(Arc::from(name))
+}

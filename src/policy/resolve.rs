@@ -152,6 +152,9 @@ fn read_document(root: &Node, issues: &mut Issues) -> Policies {
     if let Some(n) = doc.take("error_codes") {
         read_error_codes(n, &mut out, issues);
     }
+    if let Some(n) = doc.take("correlation") {
+        out.correlation = parse::correlation(n, issues);
+    }
     doc.finish(issues);
     out
 }

@@ -11,15 +11,15 @@ use tower_layer::Layer;
 
 use crate::circuit_breaker::{
     CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, KeyedCircuitBreaker,
-    KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer, OperatorMode,
+    KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer,
 };
 use crate::error::ThroughLayers;
 use crate::policy::Policy;
 
 /// Builds the circuit breaking of each operation from its policy.
 pub trait Breakers<C> {
-    /// One operation's breaker layer: its state, kept across reloads while the operation's
-    /// `circuit_breaker` section does not change.
+    /// One operation's breaker layer: its state, kept across reloads (a changed
+    /// `circuit_breaker` section is applied in place with [`reconfigure`](Self::reconfigure)).
     type Layer: Clone;
     /// The breaker service around the attempt timeout.
     type Service<T>;
@@ -35,11 +35,9 @@ pub trait Breakers<C> {
     /// The operator's view of `layer`.
     fn handle(layer: &Self::Layer) -> Self::Handle;
 
-    /// Called when an operation's breaker is rebuilt after its thresholds changed, to carry
-    /// over what should outlive the change. Does nothing by default.
-    fn carry_over(old: &Self::Layer, new: &Self::Layer) {
-        let _ = (old, new);
-    }
+    /// Applies a reloaded policy's `circuit_breaker` section to the live breaker(s) of
+    /// `layer`, keeping their state (closed/open/half-open, counts, operator mode).
+    fn reconfigure(layer: &Self::Layer, policy: &Policy);
 }
 
 /// One breaker per operation. The default.
@@ -63,13 +61,8 @@ impl<C: Clone> Breakers<C> for PerOperation {
         layer.handle()
     }
 
-    fn carry_over(old: &Self::Layer, new: &Self::Layer) {
-        // An operator's decision (forced open, shadow mode) outlives a change of thresholds;
-        // `Disabled` is what `enabled: false` sets, so it follows the new policy instead.
-        let mode = old.handle().mode();
-        if matches!(mode, OperatorMode::ForcedOpen | OperatorMode::MetricsOnly) {
-            new.handle().set_mode(mode);
-        }
+    fn reconfigure(layer: &Self::Layer, policy: &Policy) {
+        layer.handle().reconfigure(&policy.circuit_breaker);
     }
 }
 
@@ -131,6 +124,10 @@ where
 
     fn handle(layer: &Self::Layer) -> Self::Handle {
         layer.handle()
+    }
+
+    fn reconfigure(layer: &Self::Layer, policy: &Policy) {
+        layer.handle().reconfigure(&policy.circuit_breaker);
     }
 }
 

@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::fallback::{Failure, Fallback};
-use crate::classify::Classify;
+use crate::classify::{Classification, Classify, Outcome};
 use crate::error::Error;
 
 /// The nested error of an operation's layers, folded into one [`Error`]. A call that failed
@@ -44,7 +44,8 @@ pin_project! {
     {
         #[pin]
         state: State<Svc, Req, Svc::Future, F::Future, Error<E>>,
-        operation: Arc<str>,
+        // Only kept when there is a fallback to hand a failure to.
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     }
@@ -68,7 +69,7 @@ where
     pub(crate) fn new(
         service: Svc,
         request: Req,
-        operation: Arc<str>,
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     ) -> Self {
@@ -85,7 +86,7 @@ where
 
     pub(crate) fn refused(
         error: Error<E>,
-        operation: Arc<str>,
+        operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     ) -> Self {
@@ -129,7 +130,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let error = match this.state.as_mut().project() {
+            let (result, classification) = match this.state.as_mut().project() {
                 StateProj::Readying { service, request } => match ready!(service.poll_ready(cx)) {
                     Ok(()) => {
                         let Some(request) = request.take() else {
@@ -139,34 +140,115 @@ where
                         this.state.set(State::Called { future });
                         continue;
                     }
-                    Err(e) => e.into_stack_error(),
+                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
                 },
                 StateProj::Called { future } => match ready!(future.poll(cx)) {
-                    Ok(response) => return Poll::Ready(Ok(response)),
-                    Err(e) => e.into_stack_error(),
+                    Ok(response) => {
+                        if this.operation.is_none() || !this.fallback.on_responses() {
+                            return Poll::Ready(Ok(response));
+                        }
+                        // A response the classifier calls a failure (a 503 after the retries)
+                        // goes to the fallback too.
+                        match this.classifier.classify(Ok(&response)) {
+                            Some(Outcome::Failure(class)) => (Ok(response), Some(class)),
+                            _ => return Poll::Ready(Ok(response)),
+                        }
+                    }
+                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
                 },
-                StateProj::Refused { error } => error
-                    .take()
-                    .expect("palisade stack ResponseFuture polled after completion"),
+                StateProj::Refused { error } => failed(
+                    error
+                        .take()
+                        .expect("palisade stack ResponseFuture polled after completion"),
+                    this.classifier,
+                    this.operation,
+                )?,
                 StateProj::Fallback { future } => return future.poll(cx),
             };
-            let classification = match error.last_attempt() {
-                Error::Inner(e) => this.classifier.outcome(Err(e)).classification().cloned(),
-                other => other.layer_classification(),
+            let Some(operation) = this.operation else {
+                unreachable!("failures reach here only when there is a fallback");
             };
-            // Seam for the error-metrics layer (issue 5): this is where the original
-            // classification of a failure answered by a fallback is known.
-            tracing::debug!(
-                operation = %this.operation,
-                code = classification.as_ref().map_or("unclassified", |c| c.code.as_str()),
-                "palisade stack: call failed, asking the fallback"
-            );
+            record_fallback(operation, classification.as_ref());
             let future = this.fallback.recover(Failure {
-                operation: this.operation.clone(),
-                error,
+                operation: operation.clone(),
+                result,
                 classification,
             });
             this.state.set(State::Fallback { future });
         }
+    }
+}
+
+type ToFallback<Res, E> = (Result<Res, Error<E>>, Option<Classification>);
+
+/// A failed call: returned as it is (`Err`) without a fallback, else with its
+/// classification (a layer's own, or the classifier's verdict on the service's error) for the
+/// fallback.
+fn failed<Res, E, C: Classify<Res, E>>(
+    error: Error<E>,
+    classifier: &C,
+    operation: &Option<Arc<str>>,
+) -> Result<ToFallback<Res, E>, Error<E>> {
+    if operation.is_none() {
+        return Err(error);
+    }
+    let classification = match error.last_attempt() {
+        Error::Inner(e) => classifier.outcome(Err(e)).classification().cloned(),
+        other => other.layer_classification(),
+    };
+    Ok((Err(error), classification))
+}
+
+/// Counts a failure handed to the fallback, with its original classification, and logs it at
+/// DEBUG. The fallback path is cold (a failed call), so the counter is looked up here.
+fn record_fallback(operation: &Arc<str>, classification: Option<&Classification>) {
+    let code = classification.map_or("unclassified", |c| c.code.as_str());
+    tracing::debug!(
+        operation = %operation,
+        code,
+        "palisade stack: call failed, asking the fallback"
+    );
+    #[cfg(feature = "metrics")]
+    super::metrics::record_fallback(operation, classification);
+}
+
+#[cfg(feature = "metrics")]
+pin_project! {
+    /// The response future of [`Resilience`](super::Resilience): the stack's
+    /// [`ResponseFuture`], recorded by the stack's error metrics unless they are off
+    /// ([`without_metrics`](super::ResilienceLayer::without_metrics)).
+    #[project = MeteredProj]
+    #[allow(missing_docs)]
+    pub enum MeteredFuture<F, C> {
+        /// Recorded by [`ErrorMetricsLayer`](crate::metrics::ErrorMetricsLayer)'s future.
+        Metered { #[pin] future: crate::metrics::ResponseFuture<F, C> },
+        /// Not recorded.
+        Plain { #[pin] future: F },
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F, C, T, E> Future for MeteredFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            MeteredProj::Metered { future } => future.poll(cx),
+            MeteredProj::Plain { future } => future.poll(cx),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F, C> std::fmt::Debug for MeteredFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeteredFuture::Metered { .. } => "MeteredFuture::Metered",
+            MeteredFuture::Plain { .. } => "MeteredFuture::Plain",
+        })
     }
 }

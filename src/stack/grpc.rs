@@ -8,6 +8,9 @@
 //! | kill switch (`enabled: false`) | `UNAVAILABLE` | |
 //! | the service's own status | itself | |
 //!
+//! A refusal made while a correlation ID is current (inside the stack's correlation layer, or
+//! in a client call made while handling a request) carries it in `x-request-id` metadata.
+//!
 //! On a server, [`GrpcStatusLayer`] (or [`ResilienceLayer::grpc_statuses`](super::ResilienceLayer::grpc_statuses))
 //! makes the stack an infallible HTTP service answering refusals with trailers-only gRPC
 //! responses, for `tonic::transport::Server::builder().layer(..)`; operations are selected by
@@ -50,6 +53,14 @@ pub fn layer_status<E>(error: &Error<E>) -> Option<Status> {
         Error::OperationDisabled(off) => (Status::unavailable(off.to_string()), None),
         _ => return None,
     };
+    // The request's ID, when made inside a correlation scope (a server stack's handler, or a
+    // client call made while handling a request), so the caller can quote it.
+    #[cfg(feature = "correlation")]
+    if let Some(id) = crate::correlation::CorrelationId::current()
+        && let Ok(value) = MetadataValue::try_from(id.as_str())
+    {
+        status.metadata_mut().insert("x-request-id", value);
+    }
     if let Some(wait) = pushback {
         let millis =
             u64::try_from(wait.max(Duration::from_millis(1)).as_millis()).unwrap_or(u64::MAX);
@@ -110,6 +121,10 @@ pub struct GrpcStatuses<S> {
 }
 
 impl<S> GrpcStatuses<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        GrpcStatuses { inner }
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -214,6 +229,28 @@ mod tests {
 
         let own: Error<Status> = Error::Inner(Status::not_found("no such order"));
         assert_eq!(Status::from(own).code(), Code::NotFound);
+    }
+
+    #[cfg(feature = "correlation")]
+    #[tokio::test]
+    async fn a_refusal_made_while_an_id_is_current_carries_it() {
+        use crate::correlation::{CorrelationId, scope};
+        let open = || -> Error<Status> {
+            Error::CircuitOpen(CircuitOpen {
+                breaker: "orders".into(),
+                retry_after: Duration::from_secs(1),
+            })
+        };
+        let id = CorrelationId::parse(b"order-7f3a").unwrap();
+        let s = scope(id, async { Status::from(open()) }).await;
+        assert_eq!(s.metadata().get("x-request-id").unwrap(), "order-7f3a");
+        // Outside any request: no ID to quote.
+        assert!(
+            Status::from(open())
+                .metadata()
+                .get("x-request-id")
+                .is_none()
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! | the service's own error | 500 | |
 //!
 //! A retried call is answered by what its last attempt met. The body is
-//! `application/problem+json` (RFC 9457) with the error's `code`, the `operation` and a
-//! `correlation_id` (null until the correlation layer of issue 5 sets it).
+//! `application/problem+json` (RFC 9457) with the error's `code`, the `operation` and the
+//! request's `correlation_id` (from [`CorrelationId::current`](crate::correlation::CorrelationId::current):
+//! set when the response is made inside a correlation layer, as the stack does; else null).
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -80,6 +81,10 @@ pub struct ProblemResponses<S> {
 }
 
 impl<S> ProblemResponses<S> {
+    pub(crate) fn new(inner: S, overload: StatusCode) -> Self {
+        ProblemResponses { inner, overload }
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -197,8 +202,17 @@ pub fn problem_response<B: From<Bytes>, E: Display>(
     if let Some(wait) = retry_after {
         body.push_str(&format!(",\"retry_after_seconds\":{}", seconds(wait)));
     }
-    // Filled in by the correlation layer (issue 5), which is not on this branch.
-    body.push_str(",\"correlation_id\":null}");
+    // The request's ID when the response is made inside a correlation layer's scope (the
+    // stack puts this layer inside its correlation layer); else null.
+    body.push_str(",\"correlation_id\":");
+    #[cfg(feature = "correlation")]
+    match crate::correlation::CorrelationId::current() {
+        Some(id) => push_json_string(&mut body, id.as_str()),
+        None => body.push_str("null"),
+    }
+    #[cfg(not(feature = "correlation"))]
+    body.push_str("null");
+    body.push('}');
     let mut response = Response::new(B::from(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();

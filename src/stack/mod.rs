@@ -11,8 +11,9 @@
 //!             -> retry -> circuit breaker -> attempt timeout -> service
 //! ```
 //!
-//! (Correlation IDs and error metrics come with issue 5 and wrap [`Resilience`] from outside;
-//! they are not on this branch.) The layers stay usable alone.
+//! The layers stay usable alone. Correlation ([`CorrelationLayer`](crate::correlation::CorrelationLayer),
+//! feature `correlation`) and error metrics ([`ErrorMetricsLayer`](crate::metrics::ErrorMetricsLayer),
+//! feature `metrics`) are on by default; see [Correlation and metrics](#correlation-and-metrics).
 //!
 //! ```
 //! use palisade::classify::SelfClassified;
@@ -29,7 +30,8 @@
 //!   ledger_read: {}
 //!   legacy_export: { enabled: false }
 //! "#).unwrap();
-//! let layer = ResilienceLayer::from_policies(policies, SelfClassified);
+//! // This service answers `&str`s, not `http::Response`s: no headers to echo an ID in.
+//! let layer = ResilienceLayer::from_policies(policies, SelfClassified).without_correlation();
 //! let stack = layer.handle();
 //! let service = ServiceBuilder::new().layer(layer).service(service_fn(|req: http::Request<()>| async move {
 //!     match req.uri().path() {
@@ -78,13 +80,37 @@
 //! never blocks `api_call`. The state is shared by every service the layer builds and read
 //! through [`StackHandle`]. Requests that select no operation share the state of `defaults`.
 //!
+//! # Correlation and metrics
+//!
+//! For `http::Request`s answered with `http::Response`s, the stack's outermost layer is a
+//! [`CorrelationLayer`](crate::correlation::CorrelationLayer) configured by the policy
+//! file's top-level `correlation:` section (which headers to take an ID from, in order; the
+//! header to echo it in; whether to trust `traceparent`). The ID is in the request's
+//! extensions and the task-local while the call runs, echoed on every response, and written
+//! in problem bodies ([`problem_responses`](ResilienceLayer::problem_responses)) and gRPC
+//! status metadata ([`grpc_statuses`](ResilienceLayer::grpc_statuses)), which are made inside
+//! the correlation layer. Other request types have no headers: build their stacks with
+//! [`without_correlation`](ResilienceLayer::without_correlation) (the compiler asks for it:
+//! the correlation layer is a service of `http::Request`s only). Clients propagate the
+//! current ID with [`PropagateCorrelationLayer`](crate::correlation::PropagateCorrelationLayer)
+//! instead.
+//!
+//! Inside it, the stack's [`ErrorMetricsLayer`](crate::metrics::ErrorMetricsLayer) records
+//! every call (`palisade_requests_total`, `palisade_request_duration_seconds`,
+//! `palisade_errors_total`) labelled with the operation the stack selected (`other` for the
+//! defaults), so there is one selection per call and no label comes from a raw path. It sees
+//! what the caller gets: a call a fallback answered counts as a success, and the fallback
+//! counter ([`FALLBACKS_TOTAL`]) keeps the original classification. Turn it off with
+//! [`without_metrics`](ResilienceLayer::without_metrics).
+//!
 //! # Kill switch and fallback
 //!
 //! An operation with `enabled: false` fails at once with
 //! [`Error::OperationDisabled`](crate::Error::OperationDisabled), without reaching any layer or
 //! the service. A [`Fallback`] ([`fallback_fn`]) answers every failed or refused call (open
-//! breaker, full bulkhead, timeout, kill switch, the service's own error) and sees its
-//! [`Failure`]: the operation, the error and its classification.
+//! breaker, full bulkhead, timeout, kill switch, the service's own error) and every response
+//! the classifier calls a failure once the retries are spent (a 503), and sees its
+//! [`Failure`]: the operation, the error or response, and its classification.
 //!
 //! # Hot reload
 //!
@@ -95,10 +121,11 @@
 //! - calls in flight finish under the policy they started with (each call holds its own
 //!   clone of its operation's layers);
 //! - the next call runs under the new table;
-//! - an operation's breaker is kept when its `circuit_breaker` section did not change, its
-//!   retry budget when `retry.budget` did not, its bulkhead when `bulkhead` did not (so a
-//!   change of timeouts or retry counts keeps all three); a changed section starts that piece
-//!   of state afresh (an operator's forced-open or metrics-only mode is carried over);
+//! - each operation keeps its breaker, retry budget and bulkhead partition; a reload that
+//!   changes their thresholds applies them in place (`reconfigure`): an open breaker stays
+//!   open with its trip count and window, a budget keeps the requests and retries it counted,
+//!   a bulkhead resized smaller never takes back a permit held by a call in flight (new calls
+//!   wait until fewer than the new limit are out);
 //! - a removed operation's state is dropped (calls in flight keep theirs until they end).
 //!
 //! # Boxing
@@ -108,6 +135,7 @@
 //! as documented there.)
 
 mod breakers;
+mod edge;
 mod fallback;
 mod future;
 #[cfg(feature = "grpc")]
@@ -115,6 +143,8 @@ pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod registry;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
@@ -125,9 +155,20 @@ mod table;
 #[cfg(feature = "reqwest")]
 pub use breakers::reqwest_host;
 pub use breakers::{Breakers, KeyOf, PerKey, PerOperation};
+#[cfg(feature = "correlation")]
+pub use edge::Correlated;
+#[cfg(feature = "http")]
+pub use edge::Problems;
+#[cfg(feature = "grpc")]
+pub use edge::Statuses;
+pub use edge::{DefaultCorrelation, Edge, Errors, Uncorrelated};
 pub use fallback::{Failure, Fallback, FallbackFn, NoFallback, fallback_fn};
+#[cfg(feature = "metrics")]
+pub use future::MeteredFuture;
 pub use future::{IntoStackError, ResponseFuture};
 pub use layer::ResilienceLayer;
+#[cfg(feature = "metrics")]
+pub use metrics::FALLBACKS_TOTAL;
 pub use registry::StackHandle;
 pub use select::{ByName, ByRequest, SelectOperation};
 pub use service::Resilience;

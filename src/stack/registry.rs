@@ -1,5 +1,6 @@
 //! Per-operation state: one breaker, one bulkhead partition and one retry budget per
-//! operation, kept across reloads when the operation's own rules for them did not change.
+//! operation, kept across reloads; a reload that changes their thresholds reconfigures them in
+//! place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -144,19 +145,25 @@ fn operation_state<C: Clone, B: Breakers<C>>(
     partitions: &HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>,
     next_partitions: &mut HashMap<Arc<str>, (BulkheadPolicy, BulkheadLayer)>,
 ) -> OperationState<C, B> {
+    // A changed section is applied to the live piece of state in place (thresholds change,
+    // the breaker's state, the budget's counts and the bulkhead's permits in use stay).
     let breaker = match before {
-        Some(b) if b.policy.circuit_breaker == policy.circuit_breaker => b.breaker.clone(),
-        _ => {
-            let layer = breakers.build(policy, ThroughLayers(classifier.clone()));
-            if let Some(b) = before {
-                B::carry_over(&b.breaker, &layer);
+        Some(b) => {
+            if b.policy.circuit_breaker != policy.circuit_breaker {
+                B::reconfigure(&b.breaker, policy);
             }
-            layer
+            b.breaker.clone()
         }
+        None => breakers.build(policy, ThroughLayers(classifier.clone())),
     };
     let budget = match before {
-        Some(b) if b.policy.retry.budget == policy.retry.budget => b.budget.clone(),
-        _ => RetryBudget::new(&policy.retry.budget),
+        Some(b) => {
+            if b.policy.retry.budget != policy.retry.budget {
+                b.budget.reconfigure(&policy.retry.budget);
+            }
+            b.budget.clone()
+        }
+        None => RetryBudget::new(&policy.retry.budget),
     };
     let partition = policy.bulkhead_partition().clone();
     let bulkhead = if let Some((_, layer)) = next_partitions.get(&partition) {
@@ -164,8 +171,13 @@ fn operation_state<C: Clone, B: Breakers<C>>(
         layer.clone()
     } else {
         let layer = match partitions.get(&partition) {
-            Some((limits, layer)) if *limits == policy.bulkhead => layer.clone(),
-            _ => BulkheadLayer::unshared(partition.clone(), &policy.bulkhead),
+            Some((limits, layer)) => {
+                if *limits != policy.bulkhead {
+                    layer.reconfigure(&policy.bulkhead);
+                }
+                layer.clone()
+            }
+            None => BulkheadLayer::unshared(partition.clone(), &policy.bulkhead),
         };
         next_partitions.insert(partition, (policy.bulkhead.clone(), layer.clone()));
         layer

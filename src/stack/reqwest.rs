@@ -21,6 +21,10 @@
 //! # let _ = response; Ok(()) }
 //! ```
 //!
+//! A request made while handling one (inside a server stack's or a
+//! [`CorrelationLayer`](crate::correlation::CorrelationLayer)'s scope) carries that request's
+//! correlation ID in `x-request-id`, unless it already has one.
+//!
 //! Outcomes are judged by HTTP status (5xx, 408, 429 fail; `Retry-After` is honoured) and
 //! by transport errors (connect, timeouts). A request is retried only if it is idempotent
 //! (GET, HEAD, OPTIONS, PUT, DELETE, or any method with an `Idempotency-Key` header) and its
@@ -114,8 +118,24 @@ impl Service<ClientRequest> for ClientService {
     }
 
     fn call(&mut self, request: ClientRequest) -> Self::Future {
+        #[cfg(feature = "correlation")]
+        let request = with_current_id(request);
         self.0.call(request.request)
     }
+}
+
+/// Made while handling a request: passes its correlation ID on, unless the caller set one (as
+/// `PropagateCorrelationLayer` does); each attempt of a retried call carries it.
+#[cfg(feature = "correlation")]
+fn with_current_id(mut request: ClientRequest) -> ClientRequest {
+    use crate::correlation::{CorrelationId, X_REQUEST_ID};
+    let headers = request.request.headers_mut();
+    if !headers.contains_key(X_REQUEST_ID)
+        && let Some(id) = CorrelationId::current()
+    {
+        headers.insert(X_REQUEST_ID, id.header_value().clone());
+    }
+    request
 }
 
 /// The stack around a client.
@@ -138,7 +158,10 @@ pub struct ResilientClient {
 impl ResilientClient {
     /// `client` under `store`'s policies.
     pub fn new(client: reqwest::Client, store: PolicyStore) -> Self {
+        // A client has no incoming request to take an ID from: `ClientService` passes the
+        // current one on instead.
         let layer = ResilienceLayer::new(store, HttpStatus::new().or(TransportErrors))
+            .without_correlation()
             .with_replay(ClientReplay)
             .with_select(ClientSelect)
             .with_breakers(PerKey::new(host_of as HostKey));

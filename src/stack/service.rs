@@ -7,12 +7,18 @@ use tower_service::Service;
 use super::NoReplay;
 use super::breakers::{Breakers, PerOperation};
 use super::fallback::{Fallback, NoFallback};
+#[cfg(feature = "metrics")]
+use super::future::MeteredFuture;
 use super::future::{IntoStackError, ResponseFuture};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
 use super::table::{OperationService, Table};
 use crate::classify::Classify;
+#[cfg(feature = "metrics")]
+use crate::error::ThroughLayers;
 use crate::error::{Error, OperationDisabled};
+#[cfg(feature = "metrics")]
+use crate::metrics::ErrorMetricsLayer;
 use crate::retry::Replay;
 
 /// A service behind the whole resilience stack, made by
@@ -41,8 +47,9 @@ use crate::retry::Replay;
 ///
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
 /// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
-/// layers (reference counts, and the inner service), and the layers' own costs. No lock, and
-/// no allocation of its own.
+/// layers (reference counts, and the inner service), the error metrics' clock read and two
+/// reference counts (unless turned off), and the layers' own costs. No lock, and no
+/// allocation of its own. Figures in `docs/performance.md`.
 pub struct Resilience<
     S,
     C,
@@ -64,6 +71,10 @@ struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
     replay: P,
     select: Sel,
     fallback: F,
+    /// The stack's error metrics (`None`: turned off), recorded around the whole call,
+    /// fallback included.
+    #[cfg(feature = "metrics")]
+    metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
 }
 
 impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
@@ -80,6 +91,7 @@ where
         replay: P,
         select: Sel,
         fallback: F,
+        #[cfg(feature = "metrics")] metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
     ) -> Self {
         let changes = registry.store.subscribe();
         let states = registry.sync();
@@ -93,6 +105,8 @@ where
                 replay,
                 select,
                 fallback,
+                #[cfg(feature = "metrics")]
+                metrics,
             }),
         }
     }
@@ -155,6 +169,12 @@ where
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
+    #[cfg(feature = "metrics")]
+    type Future = MeteredFuture<
+        ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>,
+        ThroughLayers<C>,
+    >;
+    #[cfg(not(feature = "metrics"))]
     type Future = ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -170,24 +190,42 @@ where
         let shared = &*self.shared;
         let policy = shared.select.select(&table.policies, &request);
         let stack = table.stack(policy);
-        let operation = stack.policy.name_arc().clone();
-        if !stack.policy.enabled {
+        // The operation's name is kept for the fallback only: without one, a call holds no
+        // reference count of its own for it.
+        let operation = shared
+            .fallback
+            .is_active()
+            .then(|| stack.policy.name_arc().clone());
+        let future = if stack.policy.enabled {
+            ResponseFuture::new(
+                stack.service.clone(),
+                request,
+                operation,
+                shared.classifier.clone(),
+                shared.fallback.clone(),
+            )
+        } else {
             // The kill switch: refused before any layer or the service is touched.
-            return ResponseFuture::refused(
+            ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
-                    operation: operation.clone(),
+                    operation: stack.policy.name_arc().clone(),
                 }),
                 operation,
                 shared.classifier.clone(),
                 shared.fallback.clone(),
-            );
-        }
-        ResponseFuture::new(
-            stack.service.clone(),
-            request,
-            operation,
-            shared.classifier.clone(),
-            shared.fallback.clone(),
-        )
+            )
+        };
+        #[cfg(feature = "metrics")]
+        let future = match &shared.metrics {
+            Some(metrics) => MeteredFuture::Metered {
+                future: crate::metrics::ResponseFuture::new(
+                    future,
+                    metrics.shared.clone(),
+                    stack.label.clone(),
+                ),
+            },
+            None => MeteredFuture::Plain { future },
+        };
+        future
     }
 }

@@ -19,8 +19,9 @@ use crate::timeout::{Timeout, TimeoutLayer};
 /// retry -> circuit breaker -> attempt timeout -> the service. This alias (with
 /// the private `OperationStack::build`) is the only place that knows the order.
 ///
-/// Correlation and error metrics (issue 5) sit outside [`Resilience`](super::Resilience),
-/// which also holds the kill switch and the fallback; see the [module docs](super).
+/// [`Resilience`](super::Resilience) wraps these in the kill switch, the fallback and the
+/// stack's error metrics; the correlation layer and the conversion of errors into responses
+/// sit outside it (`ResilienceLayer::layer`); see the [module docs](super).
 pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
     Timeout<Retry<<B as Breakers<C>>::Service<Timeout<S>>, ThroughLayers<ThroughLayers<C>>, P>>,
 >;
@@ -29,6 +30,9 @@ pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
 pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
     pub(crate) service: OperationService<S, C, P, B>,
+    /// The `operation` label of the stack's error metrics, its keys built once.
+    #[cfg(feature = "metrics")]
+    pub(crate) label: crate::metrics::Operation,
 }
 
 impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
@@ -45,6 +49,8 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let total = TimeoutLayer::total_from(policy).layer(retry);
         let service = state.bulkhead.layer(total);
         OperationStack {
+            #[cfg(feature = "metrics")]
+            label: crate::metrics::Operation::new(super::metrics::label(policy.name_arc())),
             policy: policy.clone(),
             service,
         }
