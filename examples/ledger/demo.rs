@@ -390,19 +390,22 @@ pub async fn run(
         let calls_before = sim.stats().calls;
         let r = c.transfer("alice", "bob", 500, None).await?;
         let calls = sim.stats().calls - calls_before;
+        let path = match history(&r) {
+            h if h.is_empty() => "refused before the debit".to_owned(),
+            h => h,
+        };
         println!(
-            "   transfer {n}: {} {} in {:.1?}, {calls} gateway call(s)  [{}]",
+            "   transfer {n}: {} {} in {:.1?}, {calls} gateway call(s)  [{path}]",
             r.status,
             code(&r),
             t0.elapsed(),
-            history(&r)
         );
         // 503 circuit_open: refused before the debit. (A 502 circuit_open is a transfer whose
         // retry met the breaker opening: it was debited, then compensated.)
         if r.status == 503 && code(&r) == "circuit_open" {
             let before = c.balance("alice").await?;
             println!(
-                "   the breaker is open: refused before the debit (alice still {}), Retry-After {}s",
+                "   the breaker is open: refused fast, nothing debited (alice still {}), Retry-After {}s",
                 money(before),
                 r.retry_after.as_deref().unwrap_or("?")
             );
@@ -643,9 +646,13 @@ pub async fn run(
         print!(" {} {}", st.as_str(), counters.transitions(st));
     }
     println!();
-    println!("   idempotent replays {}", counters.replays());
     println!(
-        "   gateway client: {} calls, {} refused by palisade before sending; failed for good by code {:?}",
+        "   idempotent replays {}; refused before the debit (gateway breaker open) {}",
+        counters.replays(),
+        counters.refusals()
+    );
+    println!(
+        "   gateway client: {} calls, {} refused by its stack without sending; failed for good by code {:?}",
         g.calls, g.refused, g.failures_by_code
     );
     println!(

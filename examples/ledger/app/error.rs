@@ -2,9 +2,10 @@
 //! entry, transaction type), and how palisade should count it.
 //!
 //! Every variant implements [`Classified`], so the same verdict drives the HTTP status, the
-//! retry decision (only transient failures are retried) and, once the breaker lands, whether a
-//! failure counts against the payment gateway (a declined card or insufficient funds never
-//! does: they are the caller's, not the system's).
+//! retry decision (only transient failures are retried) and whether a failure counts against
+//! a circuit breaker (a declined card or insufficient funds never does: they are the
+//! caller's, not the system's). The database stack sees these through
+//! [`DatabaseFailures`](super::db::DatabaseFailures), which counts only SQLite's own errors.
 
 use std::time::Duration;
 

@@ -56,6 +56,7 @@ pub struct LedgerConfig {
 pub struct Counters {
     transitions: [AtomicU64; 7],
     replays: AtomicU64,
+    refused: AtomicU64,
     reconciliation_runs: AtomicU64,
     discrepancies: AtomicU64,
     batch_posted: AtomicU64,
@@ -69,6 +70,10 @@ impl Counters {
 
     fn replay(&self) {
         self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn reconciled(&self, discrepancies: u64) {
@@ -94,6 +99,12 @@ impl Counters {
     /// Idempotent replays served.
     pub fn replays(&self) -> u64 {
         self.replays.load(Ordering::Relaxed)
+    }
+
+    /// Transfers refused before their debit because the gateway was switched off or its
+    /// breaker was open.
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Reconciliation runs and discrepancies found, in total.

@@ -136,6 +136,12 @@ pub fn render_metrics(ledger: &Ledger) -> String {
     }
     let _ = writeln!(out, "# TYPE ledger_idempotent_replays_total counter");
     let _ = writeln!(out, "ledger_idempotent_replays_total {}", c.replays());
+    let _ = writeln!(
+        out,
+        "# HELP ledger_transfers_refused_total Transfers refused before their debit (gateway off or its breaker open)."
+    );
+    let _ = writeln!(out, "# TYPE ledger_transfers_refused_total counter");
+    let _ = writeln!(out, "ledger_transfers_refused_total {}", c.refusals());
     let (runs, found) = c.reconciliation();
     let _ = writeln!(out, "# TYPE ledger_reconciliation_runs_total counter");
     let _ = writeln!(out, "ledger_reconciliation_runs_total {runs}");

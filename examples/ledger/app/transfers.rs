@@ -478,6 +478,7 @@ impl Ledger {
         };
         if let Some(refusal) = refusal {
             tracing::warn!(error = %refusal, "payment gateway unavailable: refused before the debit");
+            self.counters.refused();
             self.release_unposted(&id, &refusal).await;
             return Err(refusal);
         }
