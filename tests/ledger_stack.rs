@@ -272,3 +272,73 @@ async fn a_switched_off_route_is_answered_by_the_server_stack_with_problem_json(
     assert_eq!(h.sim.stats().calls, 0);
     assert_eq!(h.balance("alice").await, 1_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_the_stack_refuses_unsent_is_compensated_without_a_look_up() {
+    // One payment at a time and no queue: a second payment while the first is in flight is
+    // refused by the gateway stack's bulkhead before anything is sent, after its transfer
+    // passed the breaker check and was debited. (The same path serves a breaker that opens
+    // between the check and the call.)
+    let policies = policies_with(&[
+        (
+            "PALISADE__POLICIES__PAYMENT_GATEWAY__BULKHEAD__MAX_CONCURRENT",
+            "1",
+        ),
+        (
+            "PALISADE__POLICIES__PAYMENT_GATEWAY__BULKHEAD__MAX_QUEUE",
+            "0",
+        ),
+    ]);
+    let slow = SimulatorConfig {
+        failure_rate: 0.0,
+        latency: Duration::from_secs(1),
+        seed: 3,
+    };
+    let h = start_with(slow, DbConfig::memory(), policies).await;
+    h.open("alice", 10_000).await;
+    h.open("bob", 0).await;
+
+    let (http, url) = (h.http.clone(), h.server.url());
+    let first = tokio::spawn(async move {
+        http.post(format!("{url}/v1/transfers"))
+            .json(&json!({ "from": "alice", "to": "bob", "amount": 1_000 }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    // Until the first payment is at the gateway (it then waits 0.5 s to 1.5 s there).
+    for _ in 0..500 {
+        if h.sim.stats().calls == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        h.sim.stats().calls,
+        1,
+        "the first payment reached the gateway"
+    );
+    let calls_before = h.ledger.gateway.stats().calls;
+
+    let second = h.transfer("alice", "bob", 700, None).await;
+    assert_eq!(second.status, 502, "{}", second.body);
+    assert_eq!(second.body["error"]["code"], "bulkhead_full");
+    assert_eq!(second.body["error"]["refused_by"], "palisade");
+    assert_eq!(second.body["transfer"]["state"], "ROLLED_BACK");
+    let id = second.body["transfer"]["id"].as_str().unwrap();
+    assert!(h.sim.request_ids(id).is_empty(), "never sent");
+    assert_eq!(
+        h.ledger.gateway.stats().calls - calls_before,
+        1,
+        "the refused payment only: no look-up followed it"
+    );
+    assert_eq!(h.ledger.gateway.stats().refused, 1);
+    assert_eq!(h.postings(&format!("{id}:debit")).await, 1);
+    assert_eq!(h.postings(&format!("{id}:compensation")).await, 1);
+
+    assert_eq!(first.await.unwrap(), 201);
+    assert_eq!(h.balance("alice").await, 9_000);
+    let check = h.ledger.check().await.unwrap();
+    assert!(check.balanced && check.suspense_balance == 0, "{check:?}");
+}
