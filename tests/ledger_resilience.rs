@@ -1,6 +1,8 @@
-//! The wallet ledger example's error classification and its stopgap retry loop (the stand-in
-//! for palisade's retry and timeout layers), on tokio's paused clock; and SQLite BUSY from a
-//! real lock, classified transient and retried under `database_operation`.
+//! The wallet ledger example's resilience wiring: every `LedgerError`'s classification and
+//! HTTP status; SQLite BUSY from a real lock, transient and retried by palisade's retry under
+//! `database_operation`; and the database stack's breaker, which counts only the database's
+//! own failures (a domain error such as insufficient funds is an answer, not a failure), its
+//! kill switch and its timeout.
 #![cfg(feature = "http")]
 
 #[path = "../examples/ledger/app/mod.rs"]
@@ -11,27 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use app::db::{Db, DbConfig};
+use app::db::{DATABASE_OPERATION, Db, DbConfig};
 use app::error::{LedgerError, TxKind, classify_sqlite};
-use app::resilience::call_with_policy;
-use palisade::classify::{
-    Category, Classification, Classified, Classify, Outcome, SelfClassified, Severity, Transience,
-};
+use palisade::circuit_breaker::CircuitState;
+use palisade::classify::{Category, Classified, Severity, Transience};
 use palisade::error::TimeoutKind;
-use palisade::policy::{Jitter, Policy};
-use tokio::time::Instant;
-
-fn policy(max_retries: u32, attempt: Duration, total: Duration) -> Policy {
-    let mut p = Policy::builtin("test_operation");
-    p.retry.max_retries = max_retries;
-    p.retry.base_delay = Duration::from_millis(100);
-    p.retry.multiplier = 2.0;
-    p.retry.max_delay = Duration::from_secs(1);
-    p.retry.jitter = Jitter::None;
-    p.timeout.attempt = attempt;
-    p.timeout.total = total;
-    p
-}
+use palisade::policy::{Policies, PolicyStore};
 
 fn busy() -> LedgerError {
     LedgerError::DatabaseError {
@@ -43,104 +30,26 @@ fn busy() -> LedgerError {
     }
 }
 
-fn classify(r: Result<&u32, &LedgerError>) -> Outcome {
-    SelfClassified.outcome(r)
-}
-
-#[tokio::test(start_paused = true)]
-async fn transient_failures_are_retried_with_the_policy_backoff() {
-    let p = policy(3, Duration::from_secs(10), Duration::from_secs(30));
-    let calls = AtomicU32::new(0);
-    let start = Instant::now();
-    let done = call_with_policy(&p, classify, |n| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async move { if n < 4 { Err(busy()) } else { Ok(n) } }
-    })
-    .await;
-    assert_eq!(done.result.unwrap(), 4);
-    assert_eq!(done.attempts, 4);
-    assert_eq!(done.retried.len(), 3);
-    assert!(done.retried.iter().all(|c| c.code == "sqlite_busy"));
-    // 100 ms, 200 ms, 400 ms: exactly, on the paused clock.
-    assert_eq!(start.elapsed(), Duration::from_millis(700));
-}
-
-#[tokio::test(start_paused = true)]
-async fn persistent_failures_are_not_retried() {
-    let p = policy(3, Duration::from_secs(10), Duration::from_secs(30));
-    let start = Instant::now();
-    let done = call_with_policy(&p, classify, |_| async {
-        Err::<u32, _>(LedgerError::InsufficientFunds {
-            account: "carol".into(),
-            transaction: TxKind::TransferDebit,
-            needed: 10,
-            available: 0,
-        })
-    })
-    .await;
-    assert_eq!(done.attempts, 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    let class = done.outcome.classification().unwrap();
-    assert!(class.is_caller_fault(), "never counts against a breaker");
-}
-
-#[tokio::test(start_paused = true)]
-async fn retries_stop_at_the_policy_limit() {
-    let p = policy(2, Duration::from_secs(10), Duration::from_secs(30));
-    let done = call_with_policy(&p, classify, |_| async { Err::<u32, _>(busy()) }).await;
-    assert_eq!(done.attempts, 3);
-    assert!(matches!(done.result, Err(palisade::Error::Inner(_))));
-}
-
-#[tokio::test(start_paused = true)]
-async fn attempt_and_total_timeouts_bound_the_call() {
-    // Attempts of 1 s inside a 3 s budget: 1 s, wait 100 ms, 1 s, wait 200 ms, then only
-    // 700 ms are left, so the third attempt is cut by the total timeout.
-    let p = policy(5, Duration::from_secs(1), Duration::from_secs(3));
-    let start = Instant::now();
-    let done = call_with_policy(&p, classify, |_| async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Ok::<u32, LedgerError>(1)
-    })
-    .await;
-    assert_eq!(done.attempts, 3);
-    assert_eq!(start.elapsed(), Duration::from_secs(3));
-    match done.result {
-        Err(palisade::Error::Timeout(t)) => {
-            assert_eq!(t.kind, TimeoutKind::Total);
-            assert_eq!(&*t.operation, "test_operation");
-        }
-        other => panic!("expected a total timeout, got {other:?}"),
-    }
-    assert_eq!(done.retried[0].code, "timeout_attempt");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_peer_retry_after_is_honoured_up_to_max_delay() {
-    let p = policy(1, Duration::from_secs(10), Duration::from_secs(30));
-    let start = Instant::now();
-    let limited = |r: Result<&u32, &()>| match r {
-        Ok(_) => Outcome::Success,
-        Err(()) => Outcome::Failure(
-            Classification::new(
-                Transience::Transient,
-                Category::External,
-                Severity::Medium,
-                "rate_limited",
-            )
-            .with_retry_after(Duration::from_secs(30)),
+fn corrupt() -> LedgerError {
+    LedgerError::DatabaseError {
+        operation: "test",
+        source: rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
         ),
-    };
-    let done = call_with_policy(&p, limited, |n| async move {
-        if n == 1 { Err(()) } else { Ok(n) }
-    })
-    .await;
-    assert_eq!(done.result.unwrap(), 2);
-    assert_eq!(
-        start.elapsed(),
-        Duration::from_secs(1),
-        "30 s capped at max_delay"
-    );
+    }
+}
+
+/// A store whose `database_operation` is `section` (YAML flow mapping).
+fn store(section: &str) -> PolicyStore {
+    let yaml = format!("policies:\n  {DATABASE_OPERATION}: {section}\n");
+    PolicyStore::new(Policies::from_yaml_str(&yaml).expect("test policy parses"))
+}
+
+fn db_store(max_retries: u32) -> PolicyStore {
+    store(&format!(
+        "{{ retry: {{ max_retries: {max_retries}, base_delay: 20ms, multiplier: 2.0, max_delay: 500ms, jitter: none }}, circuit_breaker: {{ consecutive_failures: 0 }} }}"
+    ))
 }
 
 #[test]
@@ -211,6 +120,14 @@ fn every_ledger_error_classifies_with_its_http_status() {
             (Transient, System, Low, "shutting_down"),
             503,
         ),
+        (
+            LedgerError::CircuitOpen(palisade::error::CircuitOpen {
+                breaker: "payment_gateway/127.0.0.1:9".into(),
+                retry_after: Duration::from_secs(2),
+            }),
+            (Transient, External, Medium, "circuit_open"),
+            503,
+        ),
     ];
     for (err, (t, c, s, code), status) in cases {
         let class = err.classification();
@@ -229,6 +146,154 @@ fn every_ledger_error_classifies_with_its_http_status() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_errors_are_answers_never_retried_nor_counted_by_the_database_breaker() {
+    let db = Db::open(
+        DbConfig::memory(),
+        store("{ circuit_breaker: { consecutive_failures: 2 } }"),
+    )
+    .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    for _ in 0..5 {
+        let runs = Arc::clone(&runs);
+        let err = db
+            .write("debit", move |_tx| -> Result<(), LedgerError> {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err(LedgerError::InsufficientFunds {
+                    account: "carol".into(),
+                    transaction: TxKind::TransferDebit,
+                    needed: 10,
+                    available: 0,
+                })
+            })
+            .await
+            .expect_err("the query refuses");
+        assert!(
+            matches!(err, LedgerError::InsufficientFunds { .. }),
+            "{err}"
+        );
+    }
+    // A transient domain error (a key in use) is not the database's contention either.
+    let in_progress = db
+        .read("begin", |_conn| -> Result<(), LedgerError> {
+            Err(LedgerError::IdempotencyInProgress { key: "k".into() })
+        })
+        .await
+        .expect_err("in progress");
+    assert!(matches!(
+        in_progress,
+        LedgerError::IdempotencyInProgress { .. }
+    ));
+    assert_eq!(runs.load(Ordering::SeqCst), 5, "each ran once");
+    assert_eq!(db.retries(), 0, "nothing retried");
+    let breaker = db.handle().breaker(DATABASE_OPERATION).expect("a breaker");
+    let m = breaker.metrics();
+    assert_eq!((m.state, m.failures), (CircuitState::Closed, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_opens_its_breaker_and_later_queries_fail_fast() {
+    let db = Db::open(
+        DbConfig::memory(),
+        store("{ retry: { max_retries: 0 }, circuit_breaker: { consecutive_failures: 3, open_timeout: 1m } }"),
+    )
+    .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let query = |runs: Arc<AtomicU32>| {
+        move |_conn: &rusqlite::Connection| -> Result<(), LedgerError> {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err(corrupt())
+        }
+    };
+    for _ in 0..3 {
+        let err = db.read("scan", query(Arc::clone(&runs))).await.unwrap_err();
+        assert_eq!(err.classification().code, "sqlite_corrupt");
+    }
+    let refused = db.read("scan", query(Arc::clone(&runs))).await.unwrap_err();
+    assert!(matches!(refused, LedgerError::CircuitOpen(_)), "{refused}");
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.classification().retry_after.is_some());
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "the refused query never ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_database_errors_are_retried_up_to_the_policy_limit() {
+    let db = Db::open(DbConfig::memory(), db_store(3)).unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let err = db
+        .read("scan", move |_conn| -> Result<(), LedgerError> {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(busy())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.classification().code,
+        "sqlite_busy",
+        "the last attempt's error"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "1 + max_retries attempts");
+    assert_eq!(db.retries(), 3);
+
+    // A persistent one is not retried.
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let err = db
+        .read("scan", move |_conn| -> Result<(), LedgerError> {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(corrupt())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.classification().code, "sqlite_corrupt");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_kill_switch_and_timeout_come_from_the_policy() {
+    let off = Db::open(DbConfig::memory(), store("{ enabled: false }")).unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let err = off
+        .read("scan", move |_conn| -> Result<(), LedgerError> {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Disabled(_)), "{err}");
+    assert_eq!(err.status().as_u16(), 503);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "never ran");
+
+    // A query slower than the total timeout is answered with a timeout (it finishes in the
+    // blocking pool, holding its connection, and its result is dropped).
+    let slow = Db::open(
+        DbConfig::memory(),
+        store("{ timeout: { total: 50ms, attempt: 50ms }, retry: { max_retries: 0 } }"),
+    )
+    .unwrap();
+    let err = slow
+        .read("scan", |_conn| -> Result<(), LedgerError> {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        LedgerError::Timeout(t) => {
+            assert!(matches!(t.kind, TimeoutKind::Total | TimeoutKind::Attempt));
+            assert_eq!(&*t.operation, DATABASE_OPERATION);
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert_eq!(err.status().as_u16(), 504);
+}
+
 fn temp_file(name: &str) -> String {
     let path = std::env::temp_dir().join(format!("palisade-{name}-{}.db", std::process::id()));
     let path = path.to_string_lossy().into_owned();
@@ -238,23 +303,13 @@ fn temp_file(name: &str) -> String {
     path
 }
 
-fn db_policy(max_retries: u32) -> Arc<Policy> {
-    let mut p = Policy::builtin("database_operation");
-    p.retry.max_retries = max_retries;
-    p.retry.base_delay = Duration::from_millis(20);
-    p.retry.multiplier = 2.0;
-    p.retry.max_delay = Duration::from_millis(500);
-    p.retry.jitter = Jitter::None;
-    Arc::new(p)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_busy_from_a_real_lock_is_transient_and_retried() {
     let path = temp_file("ledger-busy");
     let mut config = DbConfig::file(path.clone(), 1);
     config.busy_timeout = Duration::from_millis(1);
-    let db = Db::open(config.clone(), db_policy(8)).unwrap();
-    let no_retry = Db::open(config, db_policy(0)).unwrap();
+    let db = Db::open(config.clone(), db_store(8)).unwrap();
+    let no_retry = Db::open(config, db_store(0)).unwrap();
 
     // Another process holds the write lock.
     let holder = rusqlite::Connection::open(&path).unwrap();
@@ -305,7 +360,7 @@ async fn opening_waits_for_a_lock_held_elsewhere() {
     let path = temp_file("ledger-open-locked");
     let mut config = DbConfig::file(path.clone(), 1);
     config.busy_timeout = Duration::from_millis(1);
-    drop(Db::open(config.clone(), db_policy(0)).unwrap());
+    drop(Db::open(config.clone(), db_store(0)).unwrap());
 
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -314,7 +369,7 @@ async fn opening_waits_for_a_lock_held_elsewhere() {
         holder.execute_batch("COMMIT").unwrap();
     });
     // The per-query wait is 1 ms, but the schema waits up to the policy's total timeout.
-    let db = Db::open(config, db_policy(0)).expect("opens once the lock is released");
+    let db = Db::open(config, db_store(0)).expect("opens once the lock is released");
     release.join().unwrap();
     let n: i64 = db
         .read("test", |conn| {
@@ -327,25 +382,4 @@ async fn opening_waits_for_a_lock_held_elsewhere() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_disabled_policy_fails_fast_without_calling() {
-    let mut p = policy(3, Duration::from_secs(1), Duration::from_secs(3));
-    p.enabled = false;
-    let calls = AtomicU32::new(0);
-    let done = call_with_policy(&p, classify, |_| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<u32, LedgerError>(1) }
-    })
-    .await;
-    assert_eq!((done.attempts, calls.load(Ordering::SeqCst)), (0, 0));
-    assert!(matches!(
-        done.result,
-        Err(palisade::Error::OperationDisabled(_))
-    ));
-    assert_eq!(
-        done.outcome.classification().unwrap().code,
-        "operation_disabled"
-    );
 }

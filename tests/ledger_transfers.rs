@@ -69,9 +69,11 @@ async fn concurrent_transfers_with_gateway_failures_keep_the_books_balanced() {
         match state.as_str() {
             "COMPLETED" => assert_eq!(status, 201, "{body}"),
             "ROLLED_BACK" => assert!(status == 502 || status == 402, "{status} {body}"),
-            "FAILED" => assert_eq!(
-                status, 422,
-                "only insufficient funds fails unposted: {body}"
+            // Insufficient funds, or (should a run of injected faults open the payment
+            // breaker) refused before the debit.
+            "FAILED" => assert!(
+                status == 422 || (status == 503 && body["error"]["code"] == "circuit_open"),
+                "only insufficient funds or an open breaker fails unposted: {status} {body}"
             ),
             other => panic!("transfer ended in {other}: {status} {body}"),
         }
@@ -205,10 +207,6 @@ async fn a_gateway_failure_after_the_debit_is_compensated() {
     assert_eq!(declined.status, 402, "{}", declined.body);
     assert_eq!(declined.body["error"]["code"], "gateway_card_declined");
     assert_eq!(
-        declined.body["error"]["attempts"], 1,
-        "business failures are not retried"
-    );
-    assert_eq!(
         declined.body["error"]["user_message"],
         "The card was declined"
     );
@@ -224,6 +222,11 @@ async fn a_gateway_failure_after_the_debit_is_compensated() {
         ])
     );
     let id = declined.body["transfer"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.sim.request_ids(&id).len(),
+        1,
+        "business failures are not retried"
+    );
     assert_eq!(h.postings(&format!("{id}:debit")).await, 1);
     assert_eq!(h.postings(&format!("{id}:compensation")).await, 1);
     assert_eq!(h.postings(&format!("{id}:credit")).await, 0);
@@ -237,7 +240,12 @@ async fn a_gateway_failure_after_the_debit_is_compensated() {
     assert_eq!(outage.status, 502, "{}", outage.body);
     assert_eq!(outage.body["transfer"]["state"], "ROLLED_BACK");
     let retries = h.ledger.gateway.policy().retry.max_retries;
-    assert_eq!(outage.body["error"]["attempts"], retries + 1);
+    let outage_id = outage.body["transfer"]["id"].as_str().unwrap();
+    assert_eq!(
+        h.sim.request_ids(outage_id).len(),
+        retries as usize + 1,
+        "palisade's retry sent the payment 1 + max_retries times"
+    );
     assert_eq!(h.balance("alice").await, 10_000);
 
     let check = h.ledger.check().await.unwrap();
@@ -330,10 +338,11 @@ async fn an_unreachable_gateway_is_a_transient_transport_failure_and_is_compensa
     assert_eq!(reply.body["error"]["attempts"], retries + 1);
     assert_eq!(ledger.account("alice").await.unwrap().balance, 1_000);
     let stats = ledger.gateway.stats();
-    // The payment attempts and the look-up attempts all failed to connect.
+    // The payment, then the look-up asking whether it settled anyway: each failed for good
+    // after its retries.
     assert_eq!(
         stats.failures_by_code.get("io_connection_refused").copied(),
-        Some(2 * u64::from(retries + 1))
+        Some(2)
     );
 }
 

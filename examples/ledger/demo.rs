@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::app::batch::{BatchItem, BatchRequest, BatchRun, CrashPlan};
+use crate::app::gateway::PAY;
 use crate::app::simulator::{GatewayPayment, Simulator};
 use crate::app::transfers::TransferState;
 use crate::app::{Ledger, Server};
@@ -23,6 +24,10 @@ struct Reply {
     status: u16,
     replayed: bool,
     body: Value,
+    /// The `x-request-id` the ledger echoed.
+    request_id: String,
+    /// `Retry-After`, if any.
+    retry_after: Option<String>,
 }
 
 impl Client {
@@ -33,7 +38,21 @@ impl Client {
         body: Option<Value>,
         key: Option<&str>,
     ) -> Result<Reply, reqwest::Error> {
+        self.send_traced(method, path, body, key, None).await
+    }
+
+    async fn send_traced(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+        request_id: Option<&str>,
+    ) -> Result<Reply, reqwest::Error> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -43,11 +62,21 @@ impl Client {
         let res = req.send().await?;
         let status = res.status().as_u16();
         let replayed = res.headers().contains_key("idempotent-replayed");
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let request_id = header("x-request-id").unwrap_or_default();
+        let retry_after = header("retry-after");
         let body = res.json().await.unwrap_or(Value::Null);
         Ok(Reply {
             status,
             replayed,
             body,
+            request_id,
+            retry_after,
         })
     }
 
@@ -114,6 +143,29 @@ fn history(reply: &Reply) -> String {
         .unwrap_or_default()
 }
 
+/// Waits (a few seconds at most) until the payment breaker is closed, sending the probes
+/// that close it: one transfer at a time between the demo's own accounts.
+async fn wait_until_closed(ledger: &Arc<Ledger>) {
+    for _ in 0..100 {
+        match ledger.gateway.breaker(PAY) {
+            Some(b) if b.state() != palisade::circuit_breaker::CircuitState::Closed => {
+                if ledger.gateway.payments_refused().is_none() {
+                    // The open period is over: the next payment is a probe.
+                    let probe = crate::app::transfers::TransferRequest {
+                        from: "alice".into(),
+                        to: "bob".into(),
+                        amount: 100,
+                    };
+                    let _ = ledger.transfer(probe, None).await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 /// A step's verdict, printed and remembered.
 struct Checks {
     failed: Vec<String>,
@@ -173,13 +225,37 @@ pub async fn run(
         );
     }
 
-    println!("\n2. transfer alice -> bob 25.00 with Idempotency-Key demo-1");
-    let first = c.transfer("alice", "bob", 2_500, Some("demo-1")).await?;
+    println!(
+        "\n2. transfer alice -> bob 25.00 with Idempotency-Key demo-1, x-request-id demo-req-1"
+    );
+    let first = c
+        .send_traced(
+            reqwest::Method::POST,
+            "/v1/transfers",
+            Some(json!({ "from": "alice", "to": "bob", "amount": 2_500 })),
+            Some("demo-1"),
+            Some("demo-req-1"),
+        )
+        .await?;
     println!(
         "   {} {}  [{}]",
         first.status,
         state(&first),
         history(&first)
+    );
+    let first_id = first.body["transfer"]["id"].as_str().unwrap_or("?");
+    let seen = sim.request_ids(first_id);
+    println!(
+        "   x-request-id echoed: {}; the gateway saw {:?} on its payment call(s)",
+        first.request_id, seen
+    );
+    checks.expect(
+        first.status == 201 && first.request_id == "demo-req-1",
+        "the transfer completes and its correlation ID is echoed",
+    );
+    checks.expect(
+        !seen.is_empty() && seen.iter().all(|id| id == "demo-req-1"),
+        "the correlation ID reaches the gateway",
     );
     let alice_after_first = c.balance("alice").await?;
 
@@ -252,7 +328,7 @@ pub async fn run(
         "\n7. 40 concurrent transfers while the gateway fails {:.0}% of calls",
         failure_rate * 100.0
     );
-    let gw_before = ledger.gateway.stats();
+    let (gw_before, sim_before) = (ledger.gateway.stats(), sim.stats().calls);
     let mut tasks = Vec::new();
     for i in 0..40i64 {
         let http = c.http.clone();
@@ -273,49 +349,125 @@ pub async fn run(
             c.transfer(from, to, amount, Some(&format!("demo-load-{i}")))
                 .await
                 .map(|r| {
-                    r.body["transfer"]["state"]
-                        .as_str()
-                        .unwrap_or("?")
-                        .to_owned()
+                    let state = r.body["transfer"]["state"].as_str().unwrap_or("?");
+                    (state.to_owned(), code(&r).to_owned())
                 })
         }));
     }
-    let (mut completed, mut rolled_back, mut other) = (0, 0, 0);
+    let (mut completed, mut rolled_back, mut refused, mut other) = (0, 0, 0, 0);
     for t in tasks {
-        match t.await?.as_deref() {
-            Ok("COMPLETED") => completed += 1,
-            Ok("ROLLED_BACK") => rolled_back += 1,
+        match t.await? {
+            Ok((state, _)) if state == "COMPLETED" => completed += 1,
+            Ok((state, _)) if state == "ROLLED_BACK" => rolled_back += 1,
+            // The breaker may open on a run of injected faults: refused before the debit.
+            Ok((state, code)) if state == "FAILED" && code == "circuit_open" => refused += 1,
             _ => other += 1,
         }
     }
     let gw_after = ledger.gateway.stats();
     println!(
-        "   completed {completed}, rolled back {rolled_back}, other {other}; gateway attempts {} for {} calls",
-        gw_after.attempts - gw_before.attempts,
-        gw_after.calls - gw_before.calls
+        "   completed {completed}, rolled back {rolled_back}, refused by the breaker {refused}, other {other}"
     );
-    checks.expect(other == 0, "every transfer ends COMPLETED or ROLLED_BACK");
+    println!(
+        "   {} payment calls through palisade's retry made {} attempts at the gateway",
+        gw_after.calls - gw_before.calls,
+        sim.stats().calls - sim_before
+    );
+    checks.expect(
+        other == 0,
+        "every transfer ends COMPLETED, ROLLED_BACK or refused before its debit",
+    );
+    // Let a breaker the load may have opened close again before the outage.
+    wait_until_closed(ledger).await;
 
     println!("\n8. gateway outage: every payment call answers 503");
     sim.set_outage(true);
-    let t0 = Instant::now();
-    let outage = c.transfer("alice", "bob", 500, None).await?;
-    sim.set_outage(false);
+    let pay = ledger.gateway.breaker(PAY);
+    let trips_before = pay.as_ref().map_or(0, |b| b.metrics().trips);
+    let mut opened = false;
+    for n in 1..=6 {
+        let t0 = Instant::now();
+        let calls_before = sim.stats().calls;
+        let r = c.transfer("alice", "bob", 500, None).await?;
+        let calls = sim.stats().calls - calls_before;
+        let path = match history(&r) {
+            h if h.is_empty() => "refused before the debit".to_owned(),
+            h => h,
+        };
+        println!(
+            "   transfer {n}: {} {} in {:.1?}, {calls} gateway call(s)  [{path}]",
+            r.status,
+            code(&r),
+            t0.elapsed(),
+        );
+        // 503 circuit_open: refused before the debit. (A 502 circuit_open is a transfer whose
+        // retry met the breaker opening: it was debited, then compensated.)
+        if r.status == 503 && code(&r) == "circuit_open" {
+            let before = c.balance("alice").await?;
+            println!(
+                "   the breaker is open: refused fast, nothing debited (alice still {}), Retry-After {}s",
+                money(before),
+                r.retry_after.as_deref().unwrap_or("?")
+            );
+            checks.expect(
+                calls == 0 && r.retry_after.is_some(),
+                "an open breaker refuses a transfer fast, before any debit or gateway call",
+            );
+            opened = true;
+            break;
+        }
+        checks.expect(
+            state(&r) == "ROLLED_BACK",
+            "an outage rolls the transfer back",
+        );
+    }
+    checks.expect(opened, "the outage opens the payment breaker");
+    let ready = c.get("/health/ready").await?;
     println!(
-        "   {} {} after {} attempts in {:.1?}  [{}]",
-        outage.status,
-        code(&outage),
-        outage.body["error"]["attempts"],
-        t0.elapsed(),
-        history(&outage)
+        "   /health/ready: {} {}  (breaker:payment_gateway {})",
+        ready.status,
+        ready.body["status"].as_str().unwrap_or("?"),
+        ready.body["components"]["breaker:payment_gateway"]["detail"]
+            .as_str()
+            .unwrap_or("-")
     );
-    println!("   (palisade's circuit breaker will fail these fast once it lands)");
     checks.expect(
-        state(&outage) == "ROLLED_BACK",
-        "an outage rolls the transfer back",
+        ready.status == 200 && ready.body["status"] == "degraded",
+        "an open breaker makes the service degraded, still ready",
     );
 
-    println!("\n9. batch of 4 payouts, one from carol who has nothing");
+    println!("\n9. the gateway recovers (and, for this step, stops injecting faults)");
+    sim.set_outage(false);
+    sim.set_failure_rate(0.0);
+    let wait = ledger
+        .gateway
+        .payments_refused()
+        .map_or(std::time::Duration::ZERO, |o| o.retry_after);
+    println!("   waiting {wait:.1?} for the breaker to let a probe through");
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let probe_policy = ledger.gateway.policy();
+    let mut closed = false;
+    for n in 1..=probe_policy.circuit_breaker.success_threshold + 2 {
+        let r = c.transfer("alice", "bob", 500, None).await?;
+        let now = ledger
+            .gateway
+            .breaker(PAY)
+            .map(|b| format!("{:?}", b.state()))
+            .unwrap_or_default();
+        println!("   probe {n}: {} {}  breaker {now}", r.status, state(&r));
+        if now == "Closed" {
+            closed = true;
+            break;
+        }
+    }
+    let trips = ledger.gateway.breaker(PAY).map_or(0, |b| b.metrics().trips);
+    checks.expect(
+        closed && trips > trips_before,
+        "the breaker opened, then closed again after successful probes",
+    );
+    sim.set_failure_rate(failure_rate);
+
+    println!("\n10. batch of 4 payouts, one from carol who has nothing");
     let items = json!([
         { "from": "alice", "to": "carol", "amount": 1_000 },
         { "from": "carol", "to": "bob", "amount": 5_000 },
@@ -358,7 +510,7 @@ pub async fn run(
         "the replay posts the failed item",
     );
 
-    println!("\n10. crash in the middle of a batch, then resume");
+    println!("\n11. crash in the middle of a batch, then resume");
     let id = ledger
         .create_batch(BatchRequest {
             id: Some("sweep-1".into()),
@@ -397,7 +549,7 @@ pub async fn run(
     );
 
     println!(
-        "\n11. reconciliation, with a payment planted at the gateway that the ledger never made"
+        "\n12. reconciliation, with a payment planted at the gateway that the ledger never made"
     );
     sim.plant(GatewayPayment {
         payment_id: "pay_planted".into(),
@@ -431,7 +583,45 @@ pub async fn run(
         "reconciliation finds the planted payment",
     );
 
-    println!("\n12. the books");
+    println!("\n13. what operators see: /metrics and /health/ready");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let shown: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("palisade_requests_total{operation=\"transfer\"")
+                || l.starts_with("palisade_circuit_breaker_transitions_total")
+                || l.starts_with("ledger_transfer_transitions_total{state=\"ROLLED_BACK\"")
+        })
+        .collect();
+    for line in &shown {
+        println!("   {line}");
+    }
+    checks.expect(
+        shown
+            .iter()
+            .any(|l| l.starts_with("palisade_requests_total{operation=\"transfer\"")),
+        "/metrics counts the transfer operation's requests",
+    );
+    checks.expect(
+        shown
+            .iter()
+            .any(|l| l.starts_with("palisade_circuit_breaker_transitions_total")),
+        "/metrics records the breaker's transitions",
+    );
+    let ready = c.get("/health/ready").await?;
+    println!(
+        "   /health/ready: {} {}",
+        ready.status,
+        ready.body["status"].as_str().unwrap_or("?")
+    );
+
+    println!("\n14. the books");
     let check = c.get("/v1/ledger/check").await?.body;
     println!(
         "   balanced: {}  sum of balances {}  in suspense {}  money supply {}  ({} postings, {} entries)",
@@ -456,10 +646,14 @@ pub async fn run(
         print!(" {} {}", st.as_str(), counters.transitions(st));
     }
     println!();
-    println!("   idempotent replays {}", counters.replays());
     println!(
-        "   gateway client: {} calls, {} attempts; failures by code {:?}",
-        g.calls, g.attempts, g.failures_by_code
+        "   idempotent replays {}; refused before the debit (gateway breaker open) {}",
+        counters.replays(),
+        counters.refusals()
+    );
+    println!(
+        "   gateway client: {} calls, {} refused by its stack without sending; failed for good by code {:?}",
+        g.calls, g.refused, g.failures_by_code
     );
     println!(
         "   gateway simulator: {} calls, {} injected faults, {} declined, {} settled",

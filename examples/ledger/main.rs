@@ -29,7 +29,8 @@ use app::{Ledger, LedgerConfig};
 /// How logs are written (to stderr).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
-    /// One JSON object per line, with span fields (transfer_id, idempotency_key).
+    /// One JSON object per line, with the spans it was logged in: `request` (correlation_id)
+    /// and `transfer` (transfer_id, idempotency_key).
     Json,
     /// Human-readable lines.
     Text,
@@ -103,10 +104,12 @@ fn init_logs(format: LogFormat, level: tracing::Level) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
+        // The span list, not only the current span: a line logged inside a transfer carries
+        // both the transfer's fields and the request's correlation ID.
         LogFormat::Json => builder
             .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_current_span(false)
+            .with_span_list(true)
             .try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Off => Ok(()),
@@ -270,11 +273,13 @@ async fn run(
     );
     println!("  health    {url}/health/live  {url}/health/ready");
     println!("  metrics   {url}/metrics");
-    println!("\npolicies:");
+    println!("\npolicies (examples/ledger/policies.yaml, three palisade stacks):");
     for (route, operation) in policies.routes() {
         println!("  {route:<28} -> {operation}");
     }
-    println!("  (gateway calls)              -> payment_gateway");
+    println!("  (SQLite queries)             -> database_operation");
+    println!("  (gateway payments)           -> payment_gateway, one breaker per gateway host");
+    println!("  (gateway look-ups, listing)  -> gateway_read");
     println!("\ntry:");
     let json = "-H 'content-type: application/json'";
     println!(
@@ -287,7 +292,11 @@ async fn run(
     println!(
         "  curl -s {url}/v1/transfers {json} -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":1013}}'   # declined, compensated"
     );
-    println!("  curl -s {url}/v1/accounts/alice");
+    println!(
+        "  curl -s {url}/v1/accounts/alice -H 'x-request-id: my-trace-1' -i   # ID echoed, in the logs"
+    );
+    println!("  curl -s {url}/health/ready");
+    println!("  curl -s {url}/metrics | grep palisade_requests_total");
     println!("  curl -s -X POST {url}/v1/reconciliation");
     println!("  curl -s {url}/v1/ledger/check");
     println!("\nCtrl-C stops.");

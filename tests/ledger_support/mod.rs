@@ -16,26 +16,34 @@ use crate::app::{Ledger, LedgerConfig, Server};
 
 /// The example's policy file, with retries fast enough for tests.
 pub fn policies() -> Arc<Policies> {
+    policies_with(&[])
+}
+
+/// The example's policy file, with retries fast enough for tests and `extra` environment
+/// overrides (`PALISADE__POLICIES__...`).
+pub fn policies_with(extra: &[(&str, &str)]) -> Arc<Policies> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ledger/policies.yaml");
+    let mut vars = vec![
+        (
+            "PALISADE__POLICIES__PAYMENT_GATEWAY__RETRY__BASE_DELAY",
+            "1ms",
+        ),
+        (
+            "PALISADE__POLICIES__PAYMENT_GATEWAY__RETRY__MAX_DELAY",
+            "4ms",
+        ),
+        (
+            "PALISADE__POLICIES__DATABASE_OPERATION__RETRY__BASE_DELAY",
+            "1ms",
+        ),
+        (
+            "PALISADE__POLICIES__DATABASE_OPERATION__RETRY__MAX_DELAY",
+            "10ms",
+        ),
+    ];
+    vars.extend_from_slice(extra);
     let policies = Policies::loader()
-        .with_env_vars([
-            (
-                "PALISADE__POLICIES__PAYMENT_GATEWAY__RETRY__BASE_DELAY",
-                "1ms",
-            ),
-            (
-                "PALISADE__POLICIES__PAYMENT_GATEWAY__RETRY__MAX_DELAY",
-                "4ms",
-            ),
-            (
-                "PALISADE__POLICIES__DATABASE_OPERATION__RETRY__BASE_DELAY",
-                "1ms",
-            ),
-            (
-                "PALISADE__POLICIES__DATABASE_OPERATION__RETRY__MAX_DELAY",
-                "10ms",
-            ),
-        ])
+        .with_env_vars(vars)
         .load_path(path)
         .expect("the example's policy file loads");
     Arc::new(policies)
@@ -86,11 +94,16 @@ pub struct Harness {
 }
 
 pub async fn start(sim: SimulatorConfig, db: DbConfig) -> Harness {
+    start_with(sim, db, policies()).await
+}
+
+/// [`start`] under the given policies.
+pub async fn start_with(sim: SimulatorConfig, db: DbConfig, policies: Arc<Policies>) -> Harness {
     let sim = Simulator::start(sim).await.expect("simulator starts");
     let ledger = Ledger::open(LedgerConfig {
         db,
         gateway_url: sim.url(),
-        policies: policies(),
+        policies,
     })
     .expect("ledger opens");
     ledger.recover().await.expect("recovery runs");

@@ -1,22 +1,35 @@
 //! SQLite: a small pool of connections used from tokio's blocking threads, the schema, and
 //! the one function every ledger query goes through ([`Db::write`] / [`Db::read`]), which
-//! runs it under the `database_operation` policy.
+//! runs it through palisade's stack under the `database_operation` policy: its bulkhead,
+//! total timeout, retry, circuit breaker and attempt timeout, all from `policies.yaml`.
 //!
 //! Writes take the write lock up front (`BEGIN IMMEDIATE`), so two writers never deadlock
 //! upgrading a read lock; a writer that waits longer than `busy_timeout` gets `SQLITE_BUSY`,
-//! which classifies as transient and is retried with the policy's backoff.
+//! which `LedgerError` classifies as transient / database, so palisade's retry runs it again
+//! with the policy's backoff. Business failures (insufficient funds, persistent / business)
+//! are answers of a working database: never retried, never counted by the breaker
+//! ([`DatabaseFailures`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade::classify::{Classify, SelfClassified};
-use palisade::policy::Policy;
+use palisade::classify::{Classified, Classify, Outcome};
+use palisade::policy::PolicyStore;
+use palisade::retry::CloneRequest;
+use palisade::stack::{ByName, Resilience, ResilienceLayer, StackHandle};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
 
 use super::error::LedgerError;
-use super::resilience::call_with_policy;
+
+/// The policy every query runs under.
+pub const DATABASE_OPERATION: &str = "database_operation";
 
 /// Where the database lives and how connections behave.
 #[derive(Clone, Debug)]
@@ -57,30 +70,140 @@ impl DbConfig {
     }
 }
 
-/// A pool of SQLite connections. Cheap to clone.
+/// A pool of SQLite connections behind palisade's stack. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<Inner>,
+    stack: DbStack,
+    handle: StackHandle<DatabaseFailures>,
+    pool: Arc<Pool>,
+    retries: Arc<AtomicU64>,
 }
 
-struct Inner {
+/// The connections, and one permit per connection.
+struct Pool {
     conns: Mutex<Vec<Connection>>,
-    // palisade stack: BulkheadLayer(database_operation.bulkhead) goes here when it lands;
-    // until then this semaphore (one permit per connection) is the only admission control.
     permits: Arc<Semaphore>,
-    policy: Arc<Policy>,
-    retries: AtomicU64,
     config: DbConfig,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
-            .field("path", &self.inner.config.path)
-            .field("pool_size", &self.inner.permits.available_permits())
+            .field("path", &self.pool.config.path)
+            .field("pool_size", &self.pool.permits.available_permits())
             .finish_non_exhaustive()
     }
 }
+
+/// A query's work, type-erased so one stack serves every query.
+type Job = Arc<dyn Fn(&mut Connection) -> Result<Box<dyn Any + Send>, LedgerError> + Send + Sync>;
+
+/// One query through the stack: the retry layer replays it by cloning (the work is an `Arc`,
+/// and a failed attempt's transaction was rolled back, so running it again is safe).
+#[derive(Clone)]
+struct Query {
+    operation: &'static str,
+    job: Job,
+    attempts: Arc<AtomicU32>,
+}
+
+/// Runs a [`Query`] on a pooled connection in tokio's blocking pool: the service the stack
+/// wraps.
+#[derive(Clone)]
+struct Runner {
+    pool: Arc<Pool>,
+}
+
+type Ran = Result<Box<dyn Any + Send>, LedgerError>;
+
+impl Service<Query> for Runner {
+    type Response = Box<dyn Any + Send>;
+    type Error = LedgerError;
+    // An example may box; palisade's own layers use named futures.
+    type Future = Pin<Box<dyn Future<Output = Ran> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LedgerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, query: Query) -> Self::Future {
+        query.attempts.fetch_add(1, Ordering::Relaxed);
+        let pool = Arc::clone(&self.pool);
+        Box::pin(async move {
+            // The permit and the connection travel with the blocking task, so a caller that
+            // gives up (a timeout, a dropped request) cannot leak either.
+            let permit = Arc::clone(&pool.permits)
+                .acquire_owned()
+                .await
+                .expect("the pool's semaphore is never closed");
+            let joined = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                pool.run(query)
+            })
+            .await;
+            match joined {
+                Ok(result) => result,
+                // A panic in a query is a bug: let it surface as one.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        })
+    }
+}
+
+impl Pool {
+    fn run(&self, query: Query) -> Ran {
+        let mut conn = match self.conns.lock() {
+            Ok(mut conns) => conns.pop(),
+            Err(poisoned) => poisoned.into_inner().pop(),
+        };
+        if conn.is_none() {
+            // A connection is lost only when a query panicked; a file database reconnects,
+            // an in-memory one cannot without losing every row.
+            conn = if self.config.is_memory() {
+                None
+            } else {
+                open_connection(&self.config).ok()
+            };
+        }
+        let result = match conn.as_mut() {
+            Some(conn) => (query.job)(conn),
+            None => Err(LedgerError::DatabaseError {
+                operation: query.operation,
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some("the pooled connection was lost".into()),
+                ),
+            }),
+        };
+        if let Some(conn) = conn {
+            match self.conns.lock() {
+                Ok(mut conns) => conns.push(conn),
+                Err(poisoned) => poisoned.into_inner().push(conn),
+            }
+        }
+        result
+    }
+}
+
+/// How the database stack judges a query: only the database's own errors are failures (each
+/// classified by [`classify_sqlite`](super::error::classify_sqlite): busy and locked are
+/// transient, so retried; a full disk is persistent). A domain error the query returned
+/// (insufficient funds, an idempotency key in use) means the database answered: a success as
+/// far as the database's retry and breaker are concerned, handed back to the caller as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatabaseFailures;
+
+impl<Res> Classify<Res, LedgerError> for DatabaseFailures {
+    fn classify(&self, result: Result<&Res, &LedgerError>) -> Option<Outcome> {
+        Some(match result {
+            Err(e @ LedgerError::DatabaseError { .. }) => Outcome::Failure(e.classification()),
+            Ok(_) | Err(_) => Outcome::Success,
+        })
+    }
+}
+
+/// The whole stack around the runner, every call under `database_operation`.
+type DbStack = Resilience<Runner, DatabaseFailures, CloneRequest, ByName>;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS accounts (
@@ -194,14 +317,15 @@ fn open_connection(config: &DbConfig) -> Result<Connection, LedgerError> {
 }
 
 impl Db {
-    /// Opens (and if needed creates) the database; queries run under `policy`
-    /// (`database_operation`).
-    pub fn open(config: DbConfig, policy: Arc<Policy>) -> Result<Db, LedgerError> {
+    /// Opens (and if needed creates) the database; queries run under `store`'s
+    /// `database_operation` policy (reload the store to change it).
+    pub fn open(config: DbConfig, store: PolicyStore) -> Result<Db, LedgerError> {
         let size = if config.is_memory() {
             1
         } else {
             config.pool_size.max(1)
         };
+        let policy = Arc::clone(store.current().for_operation(DATABASE_OPERATION));
         let first = open_connection(&config)?;
         // Another process may hold the lock while we start: wait for it up to the policy's
         // total timeout (once, at start), then go back to the short per-query wait.
@@ -215,32 +339,37 @@ impl Db {
         for _ in 1..size {
             conns.push(open_connection(&config)?);
         }
+        let pool = Arc::new(Pool {
+            conns: Mutex::new(conns),
+            permits: Arc::new(Semaphore::new(size)),
+            config,
+        });
+        let layer = ResilienceLayer::new(store, DatabaseFailures)
+            .with_select(ByName::new(DATABASE_OPERATION))
+            .with_replay(CloneRequest);
         Ok(Db {
-            inner: Arc::new(Inner {
-                conns: Mutex::new(conns),
-                permits: Arc::new(Semaphore::new(size)),
-                policy,
-                retries: AtomicU64::new(0),
-                config,
+            handle: layer.handle(),
+            stack: layer.layer(Runner {
+                pool: Arc::clone(&pool),
             }),
+            pool,
+            retries: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    // Used by tests/ledger_*.rs, not by the binary.
-    #[allow(dead_code)]
-    /// The policy queries run under.
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.inner.policy
+    /// The stack's per-operation state: the database breaker, bulkhead and retry budget.
+    pub fn handle(&self) -> &StackHandle<DatabaseFailures> {
+        &self.handle
     }
 
     /// The database's path.
     pub fn path(&self) -> &str {
-        &self.inner.config.path
+        &self.pool.config.path
     }
 
     /// How many attempts were retried after a transient failure (busy, locked).
     pub fn retries(&self) -> u64 {
-        self.inner.retries.load(Ordering::Relaxed)
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`), committed if `f` returns `Ok`.
@@ -276,76 +405,31 @@ impl Db {
         T: Send + 'static,
         F: Fn(&mut Connection) -> Result<T, LedgerError> + Send + Sync + 'static,
     {
-        let f = Arc::new(f);
-        let inner = &self.inner;
-        // palisade stack: RetryLayer(database_operation.retry, SelfClassified) and the
-        // TimeoutLayers go here when they land, replacing `call_with_policy` (temporary).
-        let attempted = call_with_policy(
-            &inner.policy,
-            |r: Result<&T, &LedgerError>| SelfClassified.outcome(r),
-            |_attempt| {
-                let f = Arc::clone(&f);
-                let inner = Arc::clone(inner);
-                async move {
-                    // The permit and the connection travel with the blocking task, so a
-                    // caller that gives up (a timeout, a dropped request) cannot leak either.
-                    let permit = Arc::clone(&inner.permits)
-                        .acquire_owned()
-                        .await
-                        .expect("the pool's semaphore is never closed");
-                    let joined = tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        let mut conn = match inner.conns.lock() {
-                            Ok(mut conns) => conns.pop(),
-                            Err(poisoned) => poisoned.into_inner().pop(),
-                        };
-                        if conn.is_none() {
-                            // A connection is lost only when a query panicked; a file database
-                            // reconnects, an in-memory one cannot without losing every row.
-                            conn = if inner.config.is_memory() {
-                                None
-                            } else {
-                                open_connection(&inner.config).ok()
-                            };
-                        }
-                        let result = match conn.as_mut() {
-                            Some(conn) => f(conn),
-                            None => Err(LedgerError::DatabaseError {
-                                operation,
-                                source: rusqlite::Error::SqliteFailure(
-                                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                                    Some("the pooled connection was lost".into()),
-                                ),
-                            }),
-                        };
-                        if let Some(conn) = conn {
-                            match inner.conns.lock() {
-                                Ok(mut conns) => conns.push(conn),
-                                Err(poisoned) => poisoned.into_inner().push(conn),
-                            }
-                        }
-                        result
-                    })
-                    .await;
-                    match joined {
-                        Ok(result) => result,
-                        // A panic in a query is a bug: let it surface as one.
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
-                    }
-                }
-            },
-        )
-        .await;
-        if !attempted.retried.is_empty() {
-            inner
-                .retries
-                .fetch_add(attempted.retried.len() as u64, Ordering::Relaxed);
+        let attempts = Arc::new(AtomicU32::new(0));
+        let query = Query {
+            operation,
+            job: Arc::new(move |conn| f(conn).map(|t| Box::new(t) as Box<dyn Any + Send>)),
+            attempts: Arc::clone(&attempts),
+        };
+        let result = self.stack.clone().oneshot(query).await;
+        let retried = attempts.load(Ordering::Relaxed).saturating_sub(1);
+        if retried > 0 {
+            self.retries
+                .fetch_add(u64::from(retried), Ordering::Relaxed);
+            for _ in 0..retried {
+                palisade::metrics::record_retry_attempt(DATABASE_OPERATION);
+            }
+            tracing::warn!(
+                operation,
+                retried,
+                "database attempts retried after transient failures"
+            );
         }
-        attempted.result.map_err(|e| match e {
-            palisade::Error::Inner(e) => e,
-            palisade::Error::Timeout(t) => LedgerError::Timeout(t),
-            palisade::Error::OperationDisabled(d) => LedgerError::Disabled(d),
-            other => LedgerError::invalid("operation", other.to_string()),
-        })
+        match result {
+            Ok(value) => Ok(*value
+                .downcast::<T>()
+                .expect("a query's stack returns what its work made")),
+            Err(e) => Err(LedgerError::from_stack(e)),
+        }
     }
 }

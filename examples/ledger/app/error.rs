@@ -2,16 +2,17 @@
 //! entry, transaction type), and how palisade should count it.
 //!
 //! Every variant implements [`Classified`], so the same verdict drives the HTTP status, the
-//! retry decision (only transient failures are retried) and, once the breaker lands, whether a
-//! failure counts against the payment gateway (a declined card or insufficient funds never
-//! does: they are the caller's, not the system's).
+//! retry decision (only transient failures are retried) and whether a failure counts against
+//! a circuit breaker (a declined card or insufficient funds never does: they are the
+//! caller's, not the system's). The database stack sees these through
+//! [`DatabaseFailures`](super::db::DatabaseFailures), which counts only SQLite's own errors.
 
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use palisade::classify::{Category, Classification, Classified, Severity, Transience};
-use palisade::error::{OperationDisabled, TimeoutError};
+use palisade::error::{BulkheadFull, CircuitOpen, OperationDisabled, TimeoutError};
 use rusqlite::ErrorCode;
 use serde_json::json;
 
@@ -96,11 +97,7 @@ pub enum LedgerError {
         source: rusqlite::Error,
     },
     /// The payment gateway failed a transfer (after the retries its policy allows).
-    #[error(
-        "payment gateway failed for transfer `{transfer}` after {} attempt(s): {}",
-        failure.attempts,
-        failure.detail
-    )]
+    #[error("payment gateway failed for transfer `{transfer}`: {}", failure.detail)]
     IntegrationError {
         /// The transfer, which is also the payment's reference at the gateway.
         transfer: String,
@@ -129,12 +126,35 @@ pub enum LedgerError {
     /// A database operation ran out of its policy's total time.
     #[error(transparent)]
     Timeout(#[from] TimeoutError),
+    /// A circuit breaker refused the call before it was made: the payment gateway's (a
+    /// transfer is then refused before its debit) or the database's.
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
+    /// The database's bulkhead shed the call (too many queries queued).
+    #[error(transparent)]
+    BulkheadFull(#[from] BulkheadFull),
 }
 
 impl LedgerError {
     /// Wraps a SQLite error with the operation it interrupted.
     pub fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> LedgerError + Copy {
         move |source| LedgerError::DatabaseError { operation, source }
+    }
+
+    /// What a query's trip through palisade's stack ended in: the query's own error (looking
+    /// through the retry context), or the refusal of a layer (timeout, open breaker, full
+    /// bulkhead, kill switch).
+    pub fn from_stack(error: palisade::Error<LedgerError>) -> LedgerError {
+        match error.into_inner() {
+            Ok(e) => e,
+            Err(palisade::Error::Timeout(t)) => LedgerError::Timeout(t),
+            Err(palisade::Error::OperationDisabled(d)) => LedgerError::Disabled(d),
+            Err(palisade::Error::CircuitOpen(o)) => LedgerError::CircuitOpen(o),
+            Err(palisade::Error::BulkheadFull(b)) => LedgerError::BulkheadFull(b),
+            // `into_inner` looks through the retry context, so only a variant palisade adds
+            // later lands here.
+            Err(other) => LedgerError::invalid("operation", other.to_string()),
+        }
     }
 
     /// An invalid-entry error.
@@ -155,7 +175,10 @@ impl LedgerError {
             LedgerError::IdempotencyConflict { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             LedgerError::IdempotencyInProgress { .. } => StatusCode::CONFLICT,
             LedgerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            LedgerError::ShuttingDown | LedgerError::Disabled(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LedgerError::ShuttingDown
+            | LedgerError::Disabled(_)
+            | LedgerError::CircuitOpen(_)
+            | LedgerError::BulkheadFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             LedgerError::DatabaseError { .. } if self.classification().is_transient() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -194,7 +217,12 @@ impl LedgerError {
             LedgerError::AccountNotFound { account, .. } => error["account"] = json!(account),
             LedgerError::IntegrationError { transfer, failure } => {
                 error["transfer_id"] = json!(transfer);
-                error["attempts"] = json!(failure.attempts);
+                if let Some(attempts) = failure.attempts {
+                    error["attempts"] = json!(attempts);
+                }
+                if failure.refused {
+                    error["refused_by"] = json!("palisade");
+                }
                 if let Some(m) = &failure.message {
                     error["user_message"] = json!(m);
                 }
@@ -263,6 +291,8 @@ impl Classified for LedgerError {
             LedgerError::IntegrationError { failure, .. } => failure.class.clone(),
             LedgerError::Timeout(e) => e.classification(),
             LedgerError::Disabled(e) => e.classification(),
+            LedgerError::CircuitOpen(e) => e.classification(),
+            LedgerError::BulkheadFull(e) => e.classification(),
             LedgerError::ShuttingDown => {
                 Classification::new(Transient, System, Low, "shutting_down")
             }

@@ -3,24 +3,26 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | [`db`] | SQLite pool, schema, every query under the `database_operation` policy |
+//! | [`db`] | SQLite pool, schema, every query through palisade's stack under `database_operation` |
 //! | [`error`] | `LedgerError`, classified for palisade |
 //! | [`ledger`] | double-entry postings, accounts, the invariant check |
 //! | [`transfers`] | the transfer saga: states, compensation, idempotency, crash recovery |
-//! | [`gateway`] | the payment-gateway client (reqwest as a tower `Service`, palisade classifiers) |
+//! | [`gateway`] | the payment-gateway client (palisade's `ResilientClient`, per-host breakers, correlation IDs) |
 //! | [`simulator`] | the payment-gateway simulator on 127.0.0.1 |
 //! | [`reconcile`] | ledger against gateway, reported, never corrected |
 //! | [`batch`] | checkpointed batch posting, resume, operator replay |
-//! | [`routes`] | the axum router |
-//! | [`resilience`] | where palisade's layers plug in, and the stopgap until they land |
+//! | [`routes`] | the axum router, behind palisade's stack (`route_layer`, problem+json) |
+//! | [`observe`] | correlation IDs, error metrics, Prometheus, health, JSON logs |
+//! | [`ids`] | a seedable generator for ids and the simulator's faults |
 
 pub mod batch;
 pub mod db;
 pub mod error;
 pub mod gateway;
+pub mod ids;
 pub mod ledger;
+pub mod observe;
 pub mod reconcile;
-pub mod resilience;
 pub mod routes;
 pub mod simulator;
 pub mod transfers;
@@ -30,12 +32,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use palisade::classify::CodeTable;
-use palisade::policy::Policies;
+use palisade::policy::{Policies, PolicyStore};
 
 use db::{Db, DbConfig};
 use error::LedgerError;
 use gateway::GatewayClient;
-use resilience::SplitMix64;
+use ids::SplitMix64;
 use transfers::TransferState;
 
 /// What the ledger needs to start.
@@ -54,6 +56,7 @@ pub struct LedgerConfig {
 pub struct Counters {
     transitions: [AtomicU64; 7],
     replays: AtomicU64,
+    refused: AtomicU64,
     reconciliation_runs: AtomicU64,
     discrepancies: AtomicU64,
     batch_posted: AtomicU64,
@@ -67,6 +70,10 @@ impl Counters {
 
     fn replay(&self) {
         self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn reconciled(&self, discrepancies: u64) {
@@ -94,6 +101,12 @@ impl Counters {
         self.replays.load(Ordering::Relaxed)
     }
 
+    /// Transfers refused before their debit because the gateway was switched off or its
+    /// breaker was open.
+    pub fn refusals(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Reconciliation runs and discrepancies found, in total.
     pub fn reconciliation(&self) -> (u64, u64) {
         (
@@ -118,8 +131,9 @@ pub struct Ledger {
     pub db: Db,
     /// The payment gateway client.
     pub gateway: GatewayClient,
-    /// The policy table.
-    pub policies: Arc<Policies>,
+    /// The policy table every stack of the ledger runs under (database, gateway, HTTP
+    /// routes); reloading it changes them all.
+    pub store: PolicyStore,
     /// What happened so far.
     pub counters: Counters,
     ids: SplitMix64,
@@ -129,24 +143,18 @@ impl Ledger {
     /// Opens the database (creating the schema) and builds the gateway client. Does not
     /// recover anything: call [`Ledger::recover`] once before serving.
     pub fn open(config: LedgerConfig) -> Result<Arc<Ledger>, LedgerError> {
-        let policies = config.policies;
-        let db = Db::open(
-            config.db,
-            Arc::clone(policies.for_operation("database_operation")),
-        )?;
-        let table = policies
+        let store = PolicyStore::new(Policies::clone(&config.policies));
+        let db = Db::open(config.db, store.clone())?;
+        let table = config
+            .policies
             .error_codes("gateway")
             .cloned()
             .unwrap_or_else(|| Arc::new(CodeTable::new("gateway")));
-        let gateway = GatewayClient::new(
-            &config.gateway_url,
-            Arc::clone(policies.for_operation("payment_gateway")),
-            table,
-        );
+        let gateway = GatewayClient::new(&config.gateway_url, store.clone(), table);
         Ok(Arc::new(Ledger {
             db,
             gateway,
-            policies,
+            store,
             counters: Counters::default(),
             ids: SplitMix64::from_entropy(),
         }))
@@ -211,6 +219,7 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    breakers: tokio::task::JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -226,18 +235,27 @@ impl Server {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        self.breakers.abort();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
+        self.breakers.abort();
     }
 }
 
 /// Serves the ledger's router on `listener` until the returned server is dropped.
 pub fn serve(ledger: Arc<Ledger>, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
+    // Before the first request, so nothing is recorded into the void.
+    if observe::prometheus().is_none() {
+        tracing::warn!(
+            "another metrics recorder is installed: /metrics shows domain counters only"
+        );
+    }
+    let breakers = observe::watch_breakers(&ledger);
     let router = routes::router(ledger);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -251,6 +269,7 @@ pub fn serve(ledger: Arc<Ledger>, listener: tokio::net::TcpListener) -> std::io:
     Ok(Server {
         addr,
         task,
+        breakers,
         stop: Some(stop),
     })
 }

@@ -15,7 +15,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use palisade::timeout::TimeoutLayer;
+use tower::{Layer, ServiceExt};
 
 use rusqlite::params;
 use serde::Serialize;
@@ -55,18 +59,21 @@ pub struct ReconciliationReport {
 }
 
 impl Ledger {
-    /// Runs reconciliation once, under the `reconciliation` policy's total timeout.
-    pub async fn reconcile(&self) -> Result<ReconciliationReport, LedgerError> {
-        let policy = self.policies.for_operation("reconciliation").clone();
-        // palisade stack: TimeoutLayer(reconciliation) goes here when it lands.
-        match tokio::time::timeout(policy.timeout.total, self.reconcile_once()).await {
-            Ok(result) => result,
-            Err(_) => Err(LedgerError::Timeout(palisade::error::TimeoutError {
-                kind: palisade::error::TimeoutKind::Total,
-                operation: policy.name_arc().clone(),
-                limit: policy.timeout.total,
-            })),
-        }
+    /// Runs reconciliation once, under the `reconciliation` policy's total timeout
+    /// (palisade's `TimeoutLayer`; the database reads and the gateway list inside it run
+    /// under their own stacks).
+    pub async fn reconcile(self: &Arc<Self>) -> Result<ReconciliationReport, LedgerError> {
+        let policy = Arc::clone(self.store.current().for_operation("reconciliation"));
+        let ledger = Arc::clone(self);
+        let run = tower::service_fn(move |()| {
+            let ledger = Arc::clone(&ledger);
+            async move { ledger.reconcile_once().await }
+        });
+        TimeoutLayer::total_from(&policy)
+            .layer(run)
+            .oneshot(())
+            .await
+            .map_err(LedgerError::from_stack)
     }
 
     async fn reconcile_once(&self) -> Result<ReconciliationReport, LedgerError> {

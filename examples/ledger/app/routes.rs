@@ -13,9 +13,16 @@
 //! | `POST /v1/reconciliation` | run reconciliation now |
 //! | `GET /v1/ledger/check` | the books' invariants |
 //! | `GET /health/live`, `GET /health/ready` | liveness, readiness (database answers) |
-//! | `GET /metrics` | counters, Prometheus text format |
+//! | `GET /metrics` | palisade's metrics and the domain counters, Prometheus text format |
+//!
+//! Every API route runs behind palisade's `ResilienceLayer`, added with `route_layer` so
+//! axum's `MatchedPath` selects the operation from the policy file's `routes` (`POST
+//! /v1/transfers` runs under `transfer`). It gives each operation its server-side bulkhead,
+//! total timeout and kill switch, and answers palisade's refusals as `application/problem+json`
+//! (503 with `Retry-After`, 504). Correlation IDs and error metrics wrap it
+//! ([`observe::correlate_and_count`](super::observe::correlate_and_count)). Health and
+//! metrics are outside the stack: they must answer when everything else is refused.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -24,13 +31,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use palisade::classify::HttpStatus;
+use palisade::stack::ResilienceLayer;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::Ledger;
 use super::batch::{BatchRequest, BatchRun, CrashPlan};
 use super::error::LedgerError;
-use super::transfers::{TransferRequest, TransferState};
+use super::observe;
+use super::transfers::TransferRequest;
 
 /// The header carrying a transfer's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -41,7 +52,8 @@ type AppState = State<Arc<Ledger>>;
 
 /// The ledger's router.
 pub fn router(ledger: Arc<Ledger>) -> Router {
-    Router::new()
+    let stack = ResilienceLayer::new(ledger.store.clone(), HttpStatus::new());
+    let api = Router::new()
         .route("/v1/accounts", post(create_account))
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/transfers", post(create_transfer))
@@ -52,15 +64,12 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/batches/{id}/replay", post(replay_batch))
         .route("/v1/reconciliation", post(reconcile))
         .route("/v1/ledger/check", get(check))
-        // palisade stack: health layer/handlers replace these two when they land.
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        // palisade stack: the metrics layer's registry renders here when it lands.
-        .route("/metrics", get(metrics))
-        // palisade stack: per-route layers from `policies.for_route(method, path)` (timeout,
-        // bulkhead, metrics) and the correlation-id layer go here when they land:
-        //   .layer(ServiceBuilder::new().layer(CorrelationLayer::new()).layer(...))
+        .route_layer(stack.problem_responses());
+    let api = observe::correlate_and_count(api, &ledger);
+    let health = observe::health(&ledger);
+    api.route("/metrics", get(metrics))
         .with_state(ledger)
+        .merge(palisade::health::axum::routes(health))
 }
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, LedgerError> {
@@ -182,10 +191,14 @@ async fn replay_batch(
 /// Runs work that moves money on its own task, so it finishes even if the client hangs up:
 /// hyper drops a handler's future when its connection closes, and a transfer abandoned
 /// between its debit and its credit would wait for the next start's recovery.
+///
+/// The task keeps the request's correlation ID and span, so its logs and gateway calls carry
+/// the ID.
 async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, LedgerError>> + Send + 'static,
 ) -> Result<T, LedgerError> {
-    match tokio::spawn(work).await {
+    let work = work.instrument(tracing::Span::current());
+    match palisade::correlation::spawn(work).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only a runtime shutting down cancels the task.
@@ -201,74 +214,10 @@ async fn check(State(ledger): AppState) -> Result<Response, LedgerError> {
     Ok(Json(ledger.check().await?).into_response())
 }
 
-async fn live() -> Json<serde_json::Value> {
-    Json(json!({ "status": "live" }))
-}
-
-async fn ready(State(ledger): AppState) -> Response {
-    match ledger
-        .db
-        .read("readiness", |conn| {
-            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map_err(LedgerError::db("readiness"))
-        })
-        .await
-    {
-        Ok(_) => Json(json!({ "status": "ready", "database": "ok" })).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "database": e.to_string() })),
-        )
-            .into_response(),
-    }
-}
-
 async fn metrics(State(ledger): AppState) -> Response {
-    let mut out = String::new();
-    let c = &ledger.counters;
-    let _ = writeln!(
-        out,
-        "# HELP ledger_transfer_transitions_total Transfers entering each state."
-    );
-    let _ = writeln!(out, "# TYPE ledger_transfer_transitions_total counter");
-    for state in TransferState::ALL {
-        let _ = writeln!(
-            out,
-            "ledger_transfer_transitions_total{{state=\"{}\"}} {}",
-            state.as_str(),
-            c.transitions(state)
-        );
-    }
-    let _ = writeln!(out, "# TYPE ledger_idempotent_replays_total counter");
-    let _ = writeln!(out, "ledger_idempotent_replays_total {}", c.replays());
-    let (runs, found) = c.reconciliation();
-    let _ = writeln!(out, "# TYPE ledger_reconciliation_runs_total counter");
-    let _ = writeln!(out, "ledger_reconciliation_runs_total {runs}");
-    let _ = writeln!(
-        out,
-        "# TYPE ledger_reconciliation_discrepancies_total counter"
-    );
-    let _ = writeln!(out, "ledger_reconciliation_discrepancies_total {found}");
-    let (posted, failed) = c.batch_items();
-    let _ = writeln!(out, "# TYPE ledger_batch_items_total counter");
-    let _ = writeln!(
-        out,
-        "ledger_batch_items_total{{status=\"posted\"}} {posted}"
-    );
-    let _ = writeln!(
-        out,
-        "ledger_batch_items_total{{status=\"failed\"}} {failed}"
-    );
-    let _ = writeln!(out, "# TYPE ledger_database_retries_total counter");
-    let _ = writeln!(out, "ledger_database_retries_total {}", ledger.db.retries());
-    let g = ledger.gateway.stats();
-    let _ = writeln!(out, "# TYPE ledger_gateway_calls_total counter");
-    let _ = writeln!(out, "ledger_gateway_calls_total {}", g.calls);
-    let _ = writeln!(out, "# TYPE ledger_gateway_attempts_total counter");
-    let _ = writeln!(out, "ledger_gateway_attempts_total {}", g.attempts);
-    let _ = writeln!(out, "# TYPE ledger_gateway_failures_total counter");
-    for (code, n) in &g.failures_by_code {
-        let _ = writeln!(out, "ledger_gateway_failures_total{{code=\"{code}\"}} {n}");
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        observe::render_metrics(&ledger),
+    )
+        .into_response()
 }

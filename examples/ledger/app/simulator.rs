@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::resilience::SplitMix64;
+use super::ids::SplitMix64;
 
 /// How the simulator misbehaves.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +103,8 @@ struct SimState {
     latency: Duration,
     rng: SplitMix64,
     payments: Mutex<BTreeMap<String, GatewayPayment>>,
+    /// The `x-request-id` of every payment call, by reference, oldest first.
+    request_ids: Mutex<BTreeMap<String, Vec<String>>>,
     next_id: AtomicU64,
     calls: AtomicU64,
     injected: AtomicU64,
@@ -164,6 +166,7 @@ impl Simulator {
             latency: config.latency,
             rng: SplitMix64::new(config.seed),
             payments: Mutex::new(BTreeMap::new()),
+            request_ids: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
@@ -240,6 +243,17 @@ impl Simulator {
         self.state.payments().remove(reference).is_some()
     }
 
+    /// The `x-request-id` header of each payment call made for `reference`, oldest first
+    /// (empty strings for calls without one): shows the ledger's correlation ID arriving.
+    pub fn request_ids(&self, reference: &str) -> Vec<String> {
+        let ids = self
+            .state
+            .request_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        ids.get(reference).cloned().unwrap_or_default()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> SimulatorStats {
         SimulatorStats {
@@ -257,9 +271,22 @@ fn coded(status: StatusCode, code: &str, message: &str) -> Response {
 
 async fn create_payment(
     State(state): State<Arc<SimState>>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<PaymentRequest>,
 ) -> Response {
     state.calls.fetch_add(1, Ordering::Relaxed);
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    state
+        .request_ids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(req.reference.clone())
+        .or_default()
+        .push(request_id);
     if !state.latency.is_zero() {
         let factor = 0.5 + state.rng.next_f64();
         tokio::time::sleep(state.latency.mul_f64(factor)).await;

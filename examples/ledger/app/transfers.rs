@@ -464,13 +464,23 @@ impl Ledger {
         self.record(&id, Some(TransferState::Created), TransferState::Validated);
 
         // Graceful degradation: with the gateway switched off (`payment_gateway.enabled:
-        // false`), refuse before debiting, and free the key for when it is back.
-        if !self.gateway.policy().enabled {
-            let off = LedgerError::Disabled(palisade::error::OperationDisabled {
-                operation: self.gateway.policy().name_arc().clone(),
-            });
-            self.release_unposted(&id, &off).await;
-            return Err(off);
+        // false`), or while its circuit breaker is open, refuse before debiting and free the
+        // key for when it is back. A debit now could only be given back.
+        let gateway = self.gateway.policy();
+        let refusal = if !gateway.enabled {
+            Some(LedgerError::Disabled(palisade::error::OperationDisabled {
+                operation: gateway.name_arc().clone(),
+            }))
+        } else {
+            self.gateway
+                .payments_refused()
+                .map(LedgerError::CircuitOpen)
+        };
+        if let Some(refusal) = refusal {
+            tracing::warn!(error = %refusal, "payment gateway unavailable: refused before the debit");
+            self.counters.refused();
+            self.release_unposted(&id, &refusal).await;
+            return Err(refusal);
         }
 
         // EXECUTING: the debit, funds re-checked under the write lock.
@@ -538,6 +548,9 @@ impl Ledger {
     ) -> Result<GatewayPayment, Box<GatewayFailure>> {
         match self.gateway.pay(payment).await {
             Ok(p) => Ok(p),
+            // Refused by palisade before anything was sent (the breaker opened after this
+            // transfer's check): nothing can have settled, compensate at once.
+            Err(failure) if failure.refused => Err(failure),
             Err(failure) if failure.class.is_transient() => {
                 match self.gateway.lookup(&payment.reference).await {
                     Ok(Some(p)) if p.amount == payment.amount => {
@@ -753,7 +766,8 @@ impl Ledger {
                                 "interrupted",
                             ),
                             detail: "the ledger restarted before the gateway answered".into(),
-                            attempts: 0,
+                            attempts: None,
+                            refused: false,
                             message: None,
                             suggestion: None,
                         });
