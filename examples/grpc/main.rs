@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use palisade::circuit_breaker::CircuitState;
 use palisade::stack::grpc::GRPC_RETRY_PUSHBACK_MS;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::client::{Call, QuoteClient};
 use crate::server::{GET, HISTORY, PLACE, QuoteServer};
@@ -78,7 +78,10 @@ async fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let answer = client.call(get(symbol)).await;
         let attempts = client.attempts().sent() - before;
         match &answer {
-            Ok(quote) => println!("   Get {symbol}: {quote} ({attempts} attempt(s))"),
+            Ok(quote) => println!(
+                "   Get {symbol}: {quote} ({attempts} {})",
+                if attempts == 1 { "attempt" } else { "attempts" }
+            ),
             Err(s) => println!("   Get {symbol}: {:?} {}", s.code(), s.message()),
         }
         check(answer.is_ok(), "every Get answers");
@@ -95,7 +98,7 @@ async fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
     println!(
         "   client: {:?} after its 300 ms; {} left when the attempt was sent",
         code.unwrap_or(Code::Ok),
-        budget.map_or("no deadline".into(), |b| format!("{b:?}"))
+        budget.map_or("no deadline".into(), ms)
     );
     check(
         code == Some(Code::DeadlineExceeded),
@@ -111,14 +114,13 @@ async fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
     match &seen {
         Some(call) => {
             println!(
-                "   server: grpc-timeout {} -> {} after {:?}; handler finished: {}",
-                call.grpc_timeout
-                    .map_or("none".into(), |t| format!("{t:?}")),
+                "   server: grpc-timeout {} -> {} after {}; handler finished: {}",
+                call.grpc_timeout.map_or("none".into(), ms),
                 call.status
                     .map_or("dropped (the client went away)".into(), |c| format!(
                         "{c:?}"
                     )),
-                call.elapsed,
+                ms(call.elapsed),
                 server.log().finished_history() > 0
             );
             check(
@@ -146,20 +148,18 @@ async fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let status = client.call(place(n)).await.err();
         let reached = server.log().handled(PLACE) > reached_before;
         match &status {
-            Some(s) => println!(
-                "   Place #{n}: {:?} \"{}\"{}{}",
-                s.code(),
-                s.message(),
-                s.metadata()
-                    .get(GRPC_RETRY_PUSHBACK_MS)
-                    .and_then(|v| v.to_str().ok())
-                    .map_or(String::new(), |ms| format!(", pushback {ms} ms")),
-                if reached {
-                    ""
-                } else {
-                    " (refused on the client)"
-                }
-            ),
+            Some(s) => match s.metadata().get(GRPC_RETRY_PUSHBACK_MS) {
+                Some(pushback) if !reached => println!(
+                    "   Place #{n}: {:?}, refused on the client (breaker open), pushback {} ms",
+                    s.code(),
+                    pushback.to_str().unwrap_or("?")
+                ),
+                _ => println!(
+                    "   Place #{n}: {:?} \"{}\" from the server",
+                    s.code(),
+                    s.message()
+                ),
+            },
             None => println!("   Place #{n}: ok"),
         }
         check(
@@ -202,7 +202,10 @@ async fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
     Ok(failed)
 }
 
-use tonic::Status;
+/// A duration in milliseconds, to a hundredth.
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
 
 fn get(symbol: &str) -> Call {
     Call {
