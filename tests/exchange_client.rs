@@ -20,6 +20,8 @@ mod mock;
 mod report;
 #[path = "../examples/exchange_client/session.rs"]
 mod session;
+#[path = "../examples/exchange_client/stack.rs"]
+mod stack;
 #[path = "../examples/exchange_client/transport.rs"]
 mod transport;
 
@@ -277,15 +279,23 @@ async fn a_429_pauses_every_call_until_the_advertised_time() {
     assert_eq!(arrivals[0].status, 429);
     for later in &arrivals[1..] {
         let after = later.at - started;
-        // The header's 30 s, not the code table's 60 s default for -1003.
+        // The header's 30 s, not the code table's 60 s default for -1003: the second
+        // caller is held by the governor until then, and the failed call's retry waits at
+        // least that long (palisade's retry adds up to half again as jitter).
         assert!(after >= Duration::from_secs(30), "{after:?}");
-        assert!(after < Duration::from_secs(31), "{after:?}");
+        assert!(after <= Duration::from_secs(45), "{after:?}");
         assert_eq!(later.status, 200);
     }
+    assert!(
+        arrivals[1].at - started < Duration::from_secs(31),
+        "the held caller goes when the pause ends"
+    );
     assert_eq!(mock.stats().requests_during_pause, 0);
     let governor = client.governor().stats();
     assert_eq!(governor.pauses, 1);
-    assert!(governor.pause_waits >= 2, "{governor:?}");
+    // The second caller waited in the governor; the retry's own wait already covered the
+    // pause.
+    assert_eq!(governor.pause_waits, 1, "{governor:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -299,15 +309,27 @@ async fn a_418_ban_holds_calls_until_it_ends() {
     let (mock, client) = start(plan).await;
     client.ping().await.unwrap();
     let banned_at = Instant::now();
-    // Retried after the ban; the total timeout (90 s) is shorter than the ban, so the
-    // retry is given up rather than sent into the ban.
+    // Banned on the first try. The retry would have to wait the ban's 120 s, more than the
+    // call's total timeout (100 s) allows, so palisade's retry gives up at once.
     let err = client.ticker_price("BTCUSDT").await.unwrap_err();
     assert_eq!(err.classification().code, "binance_-1003");
+    assert_eq!(err.attempts(), 1);
+    assert!(banned_at.elapsed() < Duration::from_secs(1));
     assert_eq!(mock.stats().requests, 2, "nothing sent during the ban");
-    // The next call waits for the end of the ban, then goes through.
+    // A call made during the ban is not held into its timeout either: the governor refuses
+    // it at once, locally, with the wait left.
+    let err = client.ticker_price("BTCUSDT").await.unwrap_err();
+    assert_eq!(err.classification().code, "binance_-1003");
+    assert!(banned_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(client.governor().stats().refused_past_deadline, 1);
+    assert_eq!(mock.stats().requests, 2, "nothing sent during the ban");
+    // Once the rest of the ban fits a call's budget, the call waits for its end and goes
+    // through.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     client.ticker_price("BTCUSDT").await.unwrap();
     let last = mock.stats().arrivals.last().unwrap().at;
     assert!(last - banned_at >= Duration::from_secs(120));
+    assert!(last - banned_at < Duration::from_secs(121));
     assert_eq!(mock.stats().requests_during_pause, 0);
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Every failure is judged by palisade's classifiers: the `binance` error-code table in
 //! `policies.yaml` (59 codes, each with a classification, a message and a suggestion), the
-//! HTTP status and `Retry-After`, and transport errors. Retry and timeouts follow the
-//! per-operation policies in the same file.
+//! HTTP status and `Retry-After`, and transport errors. palisade's own layers do the rest,
+//! from the per-operation policies in the same file: total and attempt timeouts, retry with
+//! a retry budget per policy, and a circuit breaker per endpoint.
 //!
 //! ```text
 //! cargo run --example exchange_client
@@ -33,6 +34,8 @@ mod mock;
 #[allow(dead_code)]
 mod report;
 mod session;
+#[allow(dead_code)]
+mod stack;
 mod transport;
 
 use std::collections::BTreeSet;
@@ -151,6 +154,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         calls: client.stats(),
         governor: client.governor().stats(),
         budget: (client.governor().config().budget(), args.weight_limit),
+        budgets: client.budgets(),
+        breakers: client.breakers(),
         exchange: mock.stats(),
         elapsed: started.elapsed(),
     };

@@ -13,8 +13,6 @@ use std::task::{Context, Poll};
 
 use hmac::{Hmac, Mac};
 use http::{HeaderValue, Method};
-use palisade::error::{TimeoutError, TimeoutKind};
-use palisade::policy::Policies;
 use sha2::Sha256;
 use tower::Service;
 
@@ -249,12 +247,51 @@ impl fmt::Display for Operation {
 }
 
 /// An unsigned request: cheap to clone, so each attempt signs its own copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ApiRequest {
     /// The endpoint.
     pub operation: Operation,
     /// Query parameters, in order, without `timestamp`, `recvWindow` and `signature`.
     pub params: Vec<(&'static str, String)>,
+    /// Shared by every copy the retry layer sends: counts the call's tries.
+    pub trace: CallTrace,
+}
+
+/// What the tries of one call share (each retry sends a clone of the request).
+#[derive(Clone, Debug, Default)]
+pub struct CallTrace(Arc<std::sync::Mutex<TraceState>>);
+
+#[derive(Debug, Default)]
+struct TraceState {
+    tries: u32,
+    last_end: Option<tokio::time::Instant>,
+}
+
+impl CallTrace {
+    fn state(&self) -> std::sync::MutexGuard<'_, TraceState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a try starting `now`; for a retry, returns the wait since the previous try
+    /// ended (the retry's backoff).
+    pub fn start_try(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
+        let mut state = self.state();
+        state.tries += 1;
+        state
+            .last_end
+            .take()
+            .map(|end| now.saturating_duration_since(end))
+    }
+
+    /// Notes that a try ended `now`.
+    pub fn end_try(&self, now: tokio::time::Instant) {
+        self.state().last_end = Some(now);
+    }
+
+    /// Tries made so far (including any the circuit breaker refused).
+    pub fn tries(&self) -> u32 {
+        self.state().tries
+    }
 }
 
 impl ApiRequest {
@@ -263,6 +300,7 @@ impl ApiRequest {
         ApiRequest {
             operation,
             params: Vec::new(),
+            trace: CallTrace::default(),
         }
     }
 
@@ -279,7 +317,6 @@ struct Inner {
     base_url: String,
     credentials: Credentials,
     clock: Arc<ServerClock>,
-    policies: Arc<Policies>,
     recv_window_ms: u64,
 }
 
@@ -305,7 +342,6 @@ impl RestTransport {
         base_url: impl Into<String>,
         credentials: Credentials,
         clock: Arc<ServerClock>,
-        policies: Arc<Policies>,
         recv_window_ms: u64,
     ) -> Self {
         RestTransport {
@@ -314,7 +350,6 @@ impl RestTransport {
                 base_url: base_url.into(),
                 credentials,
                 clock,
-                policies,
                 recv_window_ms,
             }),
         }
@@ -384,24 +419,6 @@ impl Inner {
         answer.extensions_mut().insert(SendLatency(sent.elapsed()));
         Ok(answer)
     }
-
-    /// TEMPORARY (issue 7 stopgap): stands in for palisade's attempt `TimeoutLayer`, which is
-    /// being written on another branch. Delete when the layer lands in the stack.
-    async fn send_within_attempt_limit(
-        &self,
-        request: ApiRequest,
-    ) -> Result<ApiResponse, StackError> {
-        let policy = self.policies.for_operation(request.operation.policy());
-        let limit = policy.timeout.attempt;
-        match tokio::time::timeout(limit, self.send(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(palisade::Error::Timeout(TimeoutError {
-                kind: TimeoutKind::Attempt,
-                operation: policy.name_arc().clone(),
-                limit,
-            })),
-        }
-    }
 }
 
 impl Service<ApiRequest> for RestTransport {
@@ -416,6 +433,6 @@ impl Service<ApiRequest> for RestTransport {
 
     fn call(&mut self, request: ApiRequest) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.send_within_attempt_limit(request).await })
+        Box::pin(async move { inner.send(request).await })
     }
 }
