@@ -29,6 +29,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use palisade::circuit_breaker::CircuitState;
 use palisade::classify::{Category, Classified, Transience};
 use palisade::policy::Policies;
 use tokio::time::Instant;
@@ -677,4 +678,112 @@ async fn an_unknown_order_lookup_is_a_persistent_user_error() {
     assert_eq!(err.exchange_code(), Some(-2013));
     assert_eq!(err.classification().category, Category::User);
     assert_eq!(err.attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_opens_the_endpoints_breaker_which_probes_and_closes() {
+    let (mock, client) = start(FaultPlan::new()).await;
+    mock.outage(Operation::TickerPrice, Duration::from_secs(5));
+
+    // One call and its four retries: five failures in a row open the ticker's breaker.
+    let err = client.ticker_price("BTCUSDT").await.unwrap_err();
+    assert_eq!(err.classification().code, "http_503");
+    assert_eq!(err.attempts(), 5);
+    assert_eq!(mock.stats().outage_answers, 5);
+    let ticker = client.breaker(Operation::TickerPrice);
+    assert_eq!(ticker.state(), CircuitState::Open);
+    assert_eq!(
+        client
+            .stats()
+            .retry_stops
+            .get(&("exchange_public".into(), "max_retries")),
+        Some(&1)
+    );
+
+    // Each endpoint has its own breaker: the others still call the exchange.
+    client.ping().await.unwrap();
+    assert_eq!(
+        client.breaker(Operation::Ping).state(),
+        CircuitState::Closed
+    );
+
+    // A call while it is open: its first try is refused without being sent, and palisade's
+    // retry waits the breaker's retry-after for the probe, which fails (the outage is not
+    // over); the next probe, after the doubled open time, finds the endpoint back.
+    let before = mock.stats().requests;
+    client.ticker_price("BTCUSDT").await.unwrap();
+    let stats = client.stats();
+    assert!(stats.breaker_refusals >= 1, "{stats:?}");
+    // Only tries that were not refused reached the exchange.
+    assert_eq!(mock.stats().requests, u64::from(stats.attempts));
+    assert_eq!(
+        stats.attempts + stats.breaker_refusals,
+        stats.calls + stats.retries
+    );
+    assert!(mock.stats().requests > before);
+
+    // One more success closes it (success_threshold: 2).
+    client.ticker_price("BTCUSDT").await.unwrap();
+    assert_eq!(ticker.state(), CircuitState::Closed);
+    let report = client
+        .breakers()
+        .into_iter()
+        .find(|b| b.name == "exchange_public:ticker_price")
+        .unwrap();
+    let path: Vec<_> = report.transitions.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        path.first(),
+        Some(&(CircuitState::Closed, CircuitState::Open))
+    );
+    assert_eq!(
+        path.last(),
+        Some(&(CircuitState::HalfOpen, CircuitState::Closed))
+    );
+    assert!(report.rejections >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_caps_retries_when_failures_pile_up() {
+    // Every third request fails with a 503: one call in two needs a retry, more than the
+    // budget (10 plus 20% of calls over 10 s) allows for long.
+    let mut plan = FaultPlan::new();
+    for n in (1..=300).step_by(3) {
+        plan = plan.at(n, Fault::ServerError { status: 503 });
+    }
+    let (mock, client) = start(plan).await;
+    let mut failed = 0;
+    for _ in 0..60 {
+        if client.ticker_price("BTCUSDT").await.is_err() {
+            failed += 1;
+        }
+    }
+    let public = client
+        .budgets()
+        .into_iter()
+        .find(|b| b.policy == "exchange_public")
+        .unwrap();
+    assert!(failed > 0, "the budget ran out");
+    // Every call that failed did so because the budget refused its retry.
+    assert_eq!(public.refused, failed);
+    assert_eq!(
+        client
+            .stats()
+            .retry_stops
+            .get(&("exchange_public".into(), "budget_exhausted")),
+        Some(&failed)
+    );
+    // No more retries than the budget's share: 10 + 20% of the 60 calls.
+    assert!(public.retries <= 22, "{public:?}");
+    // What it allows now is what the last calls earned back, far below its floor of 10.
+    assert!(public.remaining < 10, "{public:?}");
+    assert_eq!(
+        u64::from(public.retries) + 60,
+        mock.stats().requests,
+        "each retry was one request"
+    );
+    // The 503s were a third of the tries: not enough to open the breaker.
+    assert_eq!(
+        client.breaker(Operation::TickerPrice).state(),
+        CircuitState::Closed
+    );
 }

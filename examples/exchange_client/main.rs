@@ -33,6 +33,7 @@ mod governor;
 mod mock;
 #[allow(dead_code)]
 mod report;
+#[allow(dead_code)]
 mod session;
 #[allow(dead_code)]
 mod stack;
@@ -53,7 +54,10 @@ use crate::clock::WallClock;
 use crate::governor::GovernorConfig;
 use crate::mock::{FaultPlan, MockConfig, MockExchange, SplitMix};
 use crate::report::Report;
-use crate::transport::{Credentials, Secret};
+use crate::transport::{Credentials, Operation, Secret};
+
+/// The step of the script at which the ticker endpoint goes down.
+const OUTAGE_STEP: u32 = 12;
 
 /// Runs a scripted trading session against a mock Binance-style exchange that injects
 /// faults, and prints what the client did about them.
@@ -79,9 +83,13 @@ struct Args {
     /// The fraction of the weight limit the client allows itself before it waits.
     #[arg(long, default_value_t = 0.8)]
     threshold: f64,
-    /// Run without injected faults.
+    /// Run without injected faults (and without the outage).
     #[arg(long)]
     no_faults: bool,
+    /// How long the ticker endpoint is down, from step 12 of the script (0: no outage). It
+    /// shows the endpoint's circuit breaker opening, probing and closing.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    outage: Duration,
     /// Log level of the client's events: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -148,7 +156,21 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let started = Instant::now();
-    let outcome = session::run(&client, args.requests).await;
+    let outage = if args.no_faults {
+        Duration::ZERO
+    } else {
+        args.outage
+    };
+    let outcome = session::run_with(&client, args.requests, |step| {
+        if step == OUTAGE_STEP && !outage.is_zero() {
+            println!(
+                "step {step}: the exchange's ticker endpoint goes down for {}",
+                humantime::format_duration(outage)
+            );
+            mock.outage(Operation::TickerPrice, outage);
+        }
+    })
+    .await;
     let report = Report {
         seed: args.seed,
         calls: client.stats(),

@@ -360,9 +360,10 @@ impl fmt::Display for Report {
         let e = &self.exchange;
         writeln!(
             f,
-            "mock exchange: {} requests, faults injected {}, refused for weight {}, requests during a pause {}, orders placed {}",
+            "mock exchange: {} requests, faults injected {}, outage answers {}, refused for weight {}, requests during a pause {}, orders placed {}",
             e.requests,
             e.faults_injected,
+            e.outage_answers,
             e.weight_refusals,
             e.requests_during_pause,
             e.orders_placed

@@ -115,6 +115,8 @@ pub struct MockStats {
     pub signatures: Vec<String>,
     /// The highest weight counted in one window.
     pub peak_weight: u32,
+    /// Requests answered 503 because their endpoint was in an outage.
+    pub outage_answers: u64,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,8 @@ struct Book {
     paused_until: Option<Instant>,
     /// A signed-only fault scheduled on an unsigned request, waiting for a signed one.
     deferred: Option<Fault>,
+    /// An endpoint that answers 503 to everything until a time.
+    outage: Option<(Operation, Instant)>,
     balances: BTreeMap<String, (i128, i128)>,
     orders: BTreeMap<u64, Order>,
     by_client_id: HashMap<String, u64>,
@@ -172,6 +176,7 @@ impl MockExchange {
                 used: 0,
                 paused_until: None,
                 deferred: None,
+                outage: None,
                 balances,
                 orders: BTreeMap::new(),
                 by_client_id: HashMap::new(),
@@ -203,6 +208,12 @@ impl MockExchange {
     /// A copy of what it saw.
     pub fn stats(&self) -> MockStats {
         self.shared.lock().stats.clone()
+    }
+
+    /// From now on and for `duration`, every request to `operation` is answered with a bare
+    /// 503 (a load balancer with no healthy backend): an outage of one endpoint.
+    pub fn outage(&self, operation: Operation, duration: Duration) {
+        self.shared.lock().outage = Some((operation, Instant::now() + duration));
     }
 
     /// Orders still open.
@@ -361,6 +372,19 @@ impl Shared {
             state.stats.weight_refusals += 1;
             state.paused_until = Some(window_end);
             return Answer::error(429, -1003, TOO_MUCH).waiting(window_end - now);
+        }
+        if let Some((down, until)) = state.outage
+            && Some(down) == operation
+            && now < until
+        {
+            state.stats.outage_answers += 1;
+            return Answer {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: "<html><body><h1>503 Service Unavailable</h1></body></html>".into(),
+                retry_after: None,
+                delay: None,
+                html: true,
+            };
         }
         let signed = operation.is_some_and(Operation::signed);
         let mut delay = None;
