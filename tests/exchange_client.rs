@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use palisade::circuit_breaker::CircuitState;
 use palisade::classify::{Category, Classified, Transience};
+use palisade::correlation::{self, CorrelationId};
 use palisade::policy::Policies;
 use tokio::time::Instant;
 
@@ -483,6 +484,34 @@ async fn no_secret_reaches_logs_or_errors() {
     }
     // The signed URL is not there either, only the operation.
     assert!(!logs.contains("signature="));
+    // Correlation IDs are logged, by the client (its `call` span) and by the mock, and the
+    // lines that carry them hold no secret (checked above for every line; here the lines
+    // with this session's IDs, so the check cannot pass for want of IDs in the logs).
+    let ids: std::collections::BTreeSet<String> = mock
+        .stats()
+        .arrivals
+        .iter()
+        .filter_map(|a| a.request_id.clone())
+        .collect();
+    assert!(ids.len() >= 30, "one ID per call: {}", ids.len());
+    let mut lines_with_ids = 0;
+    for line in logs
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+    {
+        lines_with_ids += 1;
+        assert!(
+            line.contains("correlation_id") || line.contains("request_id"),
+            "{line}"
+        );
+        for secret in &secrets {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret next to an ID: {line}"
+            );
+        }
+    }
+    assert!(lines_with_ids >= ids.len(), "every ID is logged");
     assert!(texts.iter().all(|t| !t.contains("signature=")));
 }
 
@@ -585,12 +614,57 @@ async fn a_retried_order_is_placed_once() {
             Some(Operation::QueryOrder)
         ]
     );
+    // Placing and looking up is one operation: one correlation ID on all three requests.
+    let ids: Vec<_> = exchange
+        .arrivals
+        .iter()
+        .map(|a| a.request_id.clone())
+        .collect();
+    assert!(ids[0].is_some());
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(exchange.orders_placed, 1, "one order, not two");
     assert_eq!(mock.open_orders(), 1);
     assert_eq!(
         mock.balance("USDT"),
         Some(("8550.00000000".into(), "1450.00000000".into()))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_try_of_a_call_carries_its_correlation_id() {
+    // The first call fails twice (503, 502) and succeeds on its third try; two more calls
+    // succeed at once.
+    let plan = FaultPlan::new()
+        .at(1, Fault::ServerError { status: 503 })
+        .at(2, Fault::ServerError { status: 502 });
+    let (mock, client) = start(plan).await;
+    for _ in 0..3 {
+        client.ticker_price("BTCUSDT").await.unwrap();
+    }
+    assert_eq!(client.stats().retries, 2);
+    let arrivals = mock.stats().arrivals;
+    assert_eq!(arrivals.len(), 5);
+    let ids: Vec<String> = arrivals
+        .iter()
+        .map(|a| a.request_id.clone().expect("the mock recorded an ID"))
+        .collect();
+    // The client's own IDs: generated UUIDv7s.
+    for id in &ids {
+        assert_eq!(id.len(), 36, "{id}");
+        assert!(CorrelationId::parse(id.as_bytes()).is_some());
+    }
+    assert_eq!(ids[0], ids[1], "the retry carries the call's ID");
+    assert_eq!(ids[0], ids[2], "so does the second retry");
+    assert_ne!(ids[2], ids[3], "the next call has its own ID");
+    assert_ne!(ids[3], ids[4]);
+    assert_ne!(ids[0], ids[4]);
+
+    // A caller's own ID (a larger operation of its own) is used as it is.
+    let mine = CorrelationId::parse(b"session-7-ping").unwrap();
+    correlation::scope(mine, client.ping()).await.unwrap();
+    let last = mock.stats().arrivals.pop().unwrap();
+    assert_eq!(last.operation, Some(Operation::Ping));
+    assert_eq!(last.request_id.as_deref(), Some("session-7-ping"));
 }
 
 #[tokio::test(start_paused = true)]

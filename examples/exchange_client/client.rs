@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use palisade::circuit_breaker::{CircuitBreakerHandle, Transition};
 use palisade::classify::{Classification, Classified, Classify, Outcome, Severity};
+use palisade::correlation::{self, CorrelationId};
 use palisade::error::RetryStop;
 use palisade::policy::Policies;
 use palisade::retry::RetryBudget;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::classifier::{ExchangeClassifier, error_body};
 use crate::clock::{ServerClock, WallClock};
@@ -357,7 +359,19 @@ impl ExchangeClient {
     /// lost (a timeout, a 5xx) had in fact placed the order, the retry is refused as a
     /// duplicate; the client then fetches the order by that id and returns it, so a retry
     /// never places a second order and never reports a placed order as failed.
+    ///
+    /// The placement and that lookup are one operation: they share a correlation ID.
     pub async fn place_order(&self, order: &NewOrder) -> Result<OrderAck, ExchangeError> {
+        match CorrelationId::current() {
+            Some(_) => self.place_order_in_scope(order).await,
+            None => {
+                correlation::scope(CorrelationId::generate(), self.place_order_in_scope(order))
+                    .await
+            }
+        }
+    }
+
+    async fn place_order_in_scope(&self, order: &NewOrder) -> Result<OrderAck, ExchangeError> {
         let id = self.next_order_id.fetch_add(1, Ordering::Relaxed);
         let client_order_id = format!("palisade-{id}");
         let request = ApiRequest::new(Operation::PlaceOrder)
@@ -423,7 +437,24 @@ impl ExchangeClient {
 
     /// Sends one call through its endpoint's stack and turns a failure into an
     /// [`ExchangeError`]. Retries, waits and timeouts all happen inside the stack.
+    ///
+    /// The call runs under a correlation ID: the caller's, when it set one for a larger
+    /// operation (placing an order and looking it up), else a new one. The stack's transport
+    /// sends it in `x-request-id` with every try, and every log line of the call carries it
+    /// (the `call` span).
     async fn execute(&self, request: ApiRequest) -> Result<ApiResponse, ExchangeError> {
+        let id = CorrelationId::current().unwrap_or_else(CorrelationId::generate);
+        let span = tracing::info_span!(
+            "call",
+            correlation_id = id.as_str(),
+            operation = request.operation.as_str()
+        );
+        correlation::scope(id, self.execute_in_scope(request))
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_scope(&self, request: ApiRequest) -> Result<ApiResponse, ExchangeError> {
         let operation = request.operation;
         let trace = request.trace.clone();
         let started = Instant::now();

@@ -4,6 +4,10 @@
 //! `timestamp` (a retry after a minute's pause would otherwise be refused with `-1021`).
 //! Secrets live in [`Secret`]s whose `Debug` is redacted; the signed URL is never logged, and
 //! transport errors drop it (`reqwest::Error::without_url`) before anyone can print them.
+//!
+//! Each attempt leaves through palisade's [`PropagateCorrelation`], which copies the
+//! call's correlation ID (the task-local one the client sets per call) into `x-request-id`:
+//! every try of one call carries the same ID, so the exchange's logs and ours line up.
 
 use std::fmt;
 use std::future::Future;
@@ -13,8 +17,9 @@ use std::task::{Context, Poll};
 
 use hmac::{Hmac, Mac};
 use http::{HeaderValue, Method};
+use palisade::correlation::{PropagateCorrelation, PropagateCorrelationLayer};
 use sha2::Sha256;
-use tower::Service;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::clock::ServerClock;
 
@@ -34,13 +39,19 @@ pub struct SendLatency(pub std::time::Duration);
 
 /// A request could not be sent or its answer not read. Never holds the request's URL.
 #[derive(Debug, thiserror::Error)]
-#[error("transport error")]
-pub struct TransportError(#[source] reqwest::Error);
+pub enum TransportError {
+    /// reqwest failed to send or read.
+    #[error("transport error")]
+    Reqwest(#[source] reqwest::Error),
+    /// The request could not be built (never for the URLs the client makes).
+    #[error("the request could not be built")]
+    InvalidRequest,
+}
 
 impl TransportError {
     /// Wraps a reqwest error, dropping the URL it carries (a signed URL holds the signature).
     pub fn from_reqwest(err: reqwest::Error) -> Self {
-        TransportError(err.without_url())
+        TransportError::Reqwest(err.without_url())
     }
 }
 
@@ -312,8 +323,30 @@ impl ApiRequest {
     }
 }
 
+/// Sends an `http::Request` with reqwest: the service palisade's
+/// [`PropagateCorrelationLayer`] wraps (its `reqwest::Request` support needs palisade's
+/// `reqwest` feature, which the example does not require).
+#[derive(Clone, Debug)]
+pub struct HttpSend(reqwest::Client);
+
+impl Service<http::Request<Vec<u8>>> for HttpSend {
+    type Response = reqwest::Response;
+    type Error = reqwest::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<reqwest::Response, reqwest::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), reqwest::Error>> {
+        // reqwest's client pools connections itself and is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Vec<u8>>) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move { client.execute(reqwest::Request::try_from(request)?).await })
+    }
+}
+
 struct Inner {
-    http: reqwest::Client,
+    http: PropagateCorrelation<HttpSend>,
     base_url: String,
     credentials: Credentials,
     clock: Arc<ServerClock>,
@@ -346,7 +379,7 @@ impl RestTransport {
     ) -> Self {
         RestTransport {
             inner: Arc::new(Inner {
-                http: reqwest::Client::new(),
+                http: PropagateCorrelationLayer::new().layer(HttpSend(reqwest::Client::new())),
                 base_url: base_url.into(),
                 credentials,
                 clock,
@@ -392,14 +425,20 @@ impl Inner {
     async fn send(&self, request: ApiRequest) -> Result<ApiResponse, StackError> {
         let op = request.operation;
         let url = self.url(&request);
-        let mut builder = self.http.request(op.method(), url);
+        let mut builder = http::Request::builder().method(op.method()).uri(url);
         if op.signed() {
             builder = builder.header(X_MBX_APIKEY, self.credentials.header.clone());
         }
+        // The URL is ours and valid; a failure here would only name the request, not the URL.
+        let request = builder
+            .body(Vec::new())
+            .map_err(|_| palisade::Error::Inner(TransportError::InvalidRequest))?;
         tracing::debug!(operation = op.as_str(), "sending");
         let sent = tokio::time::Instant::now();
-        let response = builder
-            .send()
+        let response = self
+            .http
+            .clone()
+            .oneshot(request)
             .await
             .map_err(|e| palisade::Error::Inner(TransportError::from_reqwest(e)))?;
         let status = response.status();

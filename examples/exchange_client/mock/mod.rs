@@ -23,6 +23,7 @@ use axum::body::Body;
 use axum::extract::State as Extract;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use palisade::correlation::{CorrelationId, CorrelationLayer};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -92,6 +93,9 @@ pub struct Arrival {
     pub at: Instant,
     /// The status answered.
     pub status: u16,
+    /// The request's correlation ID (`x-request-id`), as palisade's `CorrelationLayer` in
+    /// front of the mock accepted it (a request without one gets a generated ID).
+    pub request_id: Option<String>,
 }
 
 /// What the mock saw and did.
@@ -189,9 +193,12 @@ impl MockExchange {
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        // palisade's server side of correlation: the client's `x-request-id` (validated) is
+        // the handler's task-local ID and is echoed on the answer.
         let app = Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&shared));
+            .with_state(Arc::clone(&shared))
+            .layer(CorrelationLayer::new());
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "mock exchange stopped");
@@ -340,11 +347,20 @@ impl Shared {
         let window_end = self.config.clock.instant_at((index + 1) * window_ms);
 
         let answer = self.decide(&mut state, number, operation, uri, headers, now, window_end);
+        let request_id = CorrelationId::current();
+        tracing::debug!(
+            request_id = request_id.as_ref().map(CorrelationId::as_str),
+            number,
+            operation = operation.map(Operation::as_str),
+            status = answer.status.as_u16(),
+            "mock exchange answered"
+        );
         state.stats.arrivals.push(Arrival {
             number,
             operation,
             at: now,
             status: answer.status.as_u16(),
+            request_id: request_id.map(|id| id.as_str().to_owned()),
         });
         let used = state.used;
         (answer, used)
