@@ -12,6 +12,8 @@ mod client;
 mod clock;
 #[path = "../examples/exchange_client/error.rs"]
 mod error;
+#[path = "../examples/exchange_client/exposition.rs"]
+mod exposition;
 #[path = "../examples/exchange_client/governor.rs"]
 mod governor;
 #[path = "../examples/exchange_client/mock/mod.rs"]
@@ -29,6 +31,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusBuilder;
 use palisade::circuit_breaker::CircuitState;
 use palisade::classify::{Category, Classified, Transience};
 use palisade::correlation::{self, CorrelationId};
@@ -665,6 +668,117 @@ async fn every_try_of_a_call_carries_its_correlation_id() {
     let last = mock.stats().arrivals.pop().unwrap();
     assert_eq!(last.operation, Some(Operation::Ping));
     assert_eq!(last.request_id.as_deref(), Some("session-7-ping"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_is_counted_in_palisade_metrics() {
+    // A recorder for this test's thread only (the paused runtime is single-threaded), set
+    // before the client is built, as the program installs its global one.
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    // Arrival 5 is the session's second ticker call: one 503, one retry.
+    let plan = FaultPlan::new().at(5, Fault::ServerError { status: 503 });
+    let (_mock, client) = start(plan).await;
+    session::run(&client, 30).await;
+    let stats = client.stats();
+
+    let text = prometheus.render();
+    let samples = exposition::samples(&text);
+    let count = |name: &str, with: &[(&str, &str)]| exposition::total(&samples, name, with);
+    let ticker = stats.operations[&Operation::TickerPrice];
+    assert!(ticker.calls >= 15, "{ticker:?}");
+    assert_eq!(ticker.failed, 1, "the script's misspelt symbol");
+    let requests = "palisade_requests_total";
+    assert_eq!(
+        count(requests, &[("operation", "ticker_price")]),
+        f64::from(ticker.calls)
+    );
+    assert_eq!(
+        count(
+            requests,
+            &[("operation", "ticker_price"), ("outcome", "success")]
+        ),
+        f64::from(ticker.calls - 1)
+    );
+    assert_eq!(
+        count(
+            requests,
+            &[("operation", "ticker_price"), ("outcome", "failure")]
+        ),
+        1.0
+    );
+    // Every call of every endpoint is counted once.
+    assert_eq!(count(requests, &[]), f64::from(stats.calls));
+    // The failures by classification: -1121 (user) on the ticker.
+    assert_eq!(
+        count(
+            "palisade_errors_total",
+            &[
+                ("operation", "ticker_price"),
+                ("category", "user"),
+                ("code", "binance_-1121")
+            ]
+        ),
+        1.0
+    );
+    let final_failures: u32 = stats.final_errors.values().sum();
+    assert_eq!(
+        count("palisade_errors_total", &[]),
+        f64::from(final_failures)
+    );
+    // The retry's own metrics: the one retried call, its one extra attempt.
+    assert_eq!(
+        count(
+            "palisade_retries_total",
+            &[
+                ("operation", "ticker_price"),
+                ("outcome", "succeeded_after_retry")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "palisade_retry_attempts_total",
+            &[("operation", "ticker_price")]
+        ),
+        1.0
+    );
+    assert_eq!(count("palisade_retries_total", &[]), f64::from(stats.calls));
+    // Each breaker's state gauge, set when the client was built: closed, and still closed.
+    assert_eq!(
+        count(
+            "palisade_circuit_breaker_state",
+            &[
+                ("breaker", "exchange_public:ticker_price"),
+                ("state", "closed")
+            ]
+        ),
+        1.0
+    );
+    // The report's section shows the endpoint's line.
+    let summary = exposition::summary(&text);
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("ticker_price"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        line.contains(&format!("success {}", ticker.calls - 1)),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_exposition_reader_undoes_escapes() {
+    let text = "# HELP x_total x\nx_total{a=\"1\",b=\"q\\\"uote\"} 3\ny 2.5\n";
+    let samples = exposition::samples(text);
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0].labels["b"], "q\"uote");
+    assert_eq!(exposition::total(&samples, "x_total", &[("a", "1")]), 3.0);
+    assert_eq!(exposition::total(&samples, "x_total", &[("a", "2")]), 0.0);
+    assert_eq!(exposition::total(&samples, "y", &[]), 2.5);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,8 @@ use std::time::Duration;
 use palisade::circuit_breaker::{CircuitBreakerHandle, Transition};
 use palisade::classify::{Classification, Classified, Classify, Outcome, Severity};
 use palisade::correlation::{self, CorrelationId};
-use palisade::error::RetryStop;
+use palisade::error::{RetryStop, TimeoutKind};
+use palisade::metrics::{self, RetryOutcomeKind};
 use palisade::policy::Policies;
 use palisade::retry::RetryBudget;
 use serde::Deserialize;
@@ -471,10 +472,24 @@ impl ExchangeClient {
                 .entry(policy.name().to_owned())
                 .or_default() += attempts - 1;
         }
+        if let Err(palisade::Error::Timeout(t)) = &result
+            && t.kind == TimeoutKind::Total
+        {
+            // Attempt timeouts are counted per try (`AttemptLog`); the total one here.
+            metrics::record_timeout(operation.as_str(), t.kind);
+        }
         let class = match self.classifier.outcome(result.as_ref()) {
             Outcome::Success | Outcome::Ignored => {
                 if result.is_ok() {
                     self.lock_stats().succeeded += 1;
+                    metrics::record_retry(
+                        operation.as_str(),
+                        if attempts > 1 {
+                            RetryOutcomeKind::SucceededAfterRetry
+                        } else {
+                            RetryOutcomeKind::SucceededWithoutRetry
+                        },
+                    );
                 }
                 // An error nobody counts (none today) still reaches the caller.
                 return result.map_err(|source| ExchangeError::Transport {
@@ -486,13 +501,23 @@ impl ExchangeClient {
             }
             Outcome::Failure(class) => class,
         };
-        if let Some(stop) = self.why_retry_stopped(operation, &result, &class, attempts) {
+        let stop = self.why_retry_stopped(operation, &result, &class, attempts);
+        if let Some(stop) = stop {
             let mut stats = self.lock_stats();
             *stats
                 .retry_stops
                 .entry((policy.name().to_owned(), stop.as_str()))
                 .or_default() += 1;
         }
+        metrics::record_retry(
+            operation.as_str(),
+            match stop {
+                Some(RetryStop::BudgetExhausted) => RetryOutcomeKind::BudgetExhausted,
+                Some(_) => RetryOutcomeKind::FailedAfterRetries,
+                None if attempts > 1 => RetryOutcomeKind::FailedAfterRetries,
+                None => RetryOutcomeKind::NotRetryable,
+            },
+        );
         log_failure(operation, &class, attempts);
         self.lock_stats().call_failed(operation, &class);
         Err(self.error(operation, attempts, class, result))

@@ -27,6 +27,7 @@ mod client;
 mod clock;
 #[allow(dead_code)]
 mod error;
+mod exposition;
 #[allow(dead_code)]
 mod governor;
 #[allow(dead_code)]
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use palisade::policy::Policies;
 use tokio::time::Instant;
 
@@ -90,6 +92,9 @@ struct Args {
     /// shows the endpoint's circuit breaker opening, probing and closing.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     outage: Duration,
+    /// Print the whole Prometheus exposition of palisade's metrics after the report.
+    #[arg(long)]
+    metrics: bool,
     /// Log level of the client's events: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -113,6 +118,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // palisade's metrics go to a Prometheus recorder (no HTTP listener: the report renders
+    // it). Installed before the client is built: the breakers set their state gauges then.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("palisade_request_duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0,
+            ],
+        )?
+        .install_recorder()?;
+    palisade::metrics::describe();
     let policies = Arc::new(Policies::from_path(&args.policies)?);
     let slow = policies.for_operation("exchange_public").timeout.attempt + Duration::from_secs(1);
 
@@ -189,6 +205,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         outcome.orders_cancelled,
         mock.open_orders()
     );
+    let exposition = prometheus.render();
+    print!("{}", exposition::summary(&exposition));
     println!("what a user was told (first error of each code)");
     let mut seen = BTreeSet::new();
     for error in &outcome.errors {
@@ -196,6 +214,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if seen.insert(code.to_string()) {
             println!("  - {error}");
         }
+    }
+    if args.metrics {
+        println!();
+        println!("Prometheus exposition of palisade's metrics");
+        print!("{exposition}");
     }
     Ok(())
 }

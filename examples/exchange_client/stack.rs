@@ -3,6 +3,8 @@
 //! outermost first:
 //!
 //! ```text
+//! ErrorMetricsLayer            palisade: palisade_requests_total, _request_duration_seconds
+//!                              and _errors_total, labelled with the endpoint's name
 //! TimeoutLayer (total)         palisade: the call's whole budget; retry sees it as the deadline
 //!   RetryLayer                 palisade: transient failures only, backoff or the asked wait,
 //!                              within the policy's retry budget (shared by its endpoints)
@@ -13,6 +15,11 @@
 //!           TimeoutLayer (attempt)   palisade: one request's limit (governor waits excluded)
 //!             RestTransport    example: sign, send, read
 //! ```
+//!
+//! The layers' own metrics (retry outcomes and attempts, timeouts, breaker transitions and
+//! rejections) are recorded through `palisade::metrics`' recording API: the breaker's by its
+//! transition hook, the rest by [`AttemptLog`] (per try) and the client (per call), because
+//! the layers on this version of palisade do not record them themselves.
 //!
 //! Every layer judges outcomes with the same [`ExchangeClassifier`]. The governor sits
 //! inside the breaker so an open breaker refuses a call before it reserves any weight, and
@@ -25,6 +32,10 @@ use std::task::{Context, Poll};
 
 use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
 use palisade::classify::{Classify, Outcome};
+use palisade::metrics::{
+    self, ErrorMetrics, ErrorMetricsLayer, Operation as MetricsOperation,
+    breaker_transition_recorder,
+};
 use palisade::policy::Policy;
 use palisade::retry::{CloneRequest, Retry, RetryBudget, RetryLayer};
 use palisade::timeout::{Timeout, TimeoutLayer};
@@ -49,26 +60,30 @@ fn flatten(error: palisade::Error<StackError>) -> StackError {
 }
 
 /// One endpoint's stack; see the [module docs](self).
-pub type EndpointStack = MapErr<
-    Timeout<
-        MapErr<
-            Retry<
-                AttemptLog<
-                    MapErr<
-                        CircuitBreaker<
-                            Governed<MapErr<Timeout<RestTransport>, Flatten>>,
-                            ExchangeClassifier,
+pub type EndpointStack = ErrorMetrics<
+    MapErr<
+        Timeout<
+            MapErr<
+                Retry<
+                    AttemptLog<
+                        MapErr<
+                            CircuitBreaker<
+                                Governed<MapErr<Timeout<RestTransport>, Flatten>>,
+                                ExchangeClassifier,
+                            >,
+                            Flatten,
                         >,
-                        Flatten,
                     >,
+                    ExchangeClassifier,
+                    CloneRequest,
                 >,
-                ExchangeClassifier,
-                CloneRequest,
+                Flatten,
             >,
-            Flatten,
         >,
+        Flatten,
     >,
-    Flatten,
+    ExchangeClassifier,
+    MetricsOperation,
 >;
 
 /// The stack of the `time` endpoint, as the clock resync calls it.
@@ -109,15 +124,15 @@ pub fn endpoint_stack(
         resync,
         seed,
     } = parts;
-    let breaker = CircuitBreakerLayer::builder(
-        format!("{}:{}", policy.name(), operation.as_str()),
-        policy.circuit_breaker,
-    )
-    .event_capacity(256)
-    .build(classifier.clone());
+    let breaker_name: Arc<str> = format!("{}:{}", policy.name(), operation.as_str()).into();
+    let breaker = CircuitBreakerLayer::builder(breaker_name.clone(), policy.circuit_breaker)
+        .event_capacity(256)
+        .on_transition(breaker_transition_recorder(breaker_name.clone()))
+        .build(classifier.clone());
     let handle = breaker.handle();
     let flat = flatten as Flatten;
     let stack = ServiceBuilder::new()
+        .layer(ErrorMetricsLayer::new(classifier.clone()).operation(operation.as_str()))
         .map_err(flat)
         .layer(TimeoutLayer::total_from(policy))
         .map_err(flat)
@@ -127,6 +142,7 @@ pub fn endpoint_stack(
                 .with_seed(seed),
         )
         .layer(AttemptLogLayer {
+            breaker: breaker_name,
             stats: Arc::clone(stats),
             classifier: classifier.clone(),
             resync,
@@ -177,6 +193,7 @@ pub struct Resync {
 /// Puts an [`AttemptLog`] in front of a service.
 #[derive(Clone)]
 pub struct AttemptLogLayer {
+    breaker: Arc<str>,
     stats: Arc<Mutex<CallStats>>,
     classifier: ExchangeClassifier,
     resync: Option<Arc<Resync>>,
@@ -188,6 +205,7 @@ impl<S> Layer<S> for AttemptLogLayer {
     fn layer(&self, inner: S) -> AttemptLog<S> {
         AttemptLog {
             inner,
+            breaker: self.breaker.clone(),
             stats: Arc::clone(&self.stats),
             classifier: self.classifier.clone(),
             resync: self.resync.clone(),
@@ -199,9 +217,14 @@ impl<S> Layer<S> for AttemptLogLayer {
 /// tries, answered latency, failures by code and refusals by the breaker. After a `-1021` it
 /// resyncs the clock before handing the failure back, so the retry signs with the
 /// exchange's time.
+///
+/// It also records the per-try metrics: `palisade_retry_attempts_total` for each retry,
+/// `palisade_timeouts_total` for each attempt timeout and
+/// `palisade_circuit_breaker_rejected_total` for each try the breaker refused.
 #[derive(Clone)]
 pub struct AttemptLog<S> {
     inner: S,
+    breaker: Arc<str>,
     stats: Arc<Mutex<CallStats>>,
     classifier: ExchangeClassifier,
     resync: Option<Arc<Resync>>,
@@ -231,11 +254,13 @@ where
         let stats = Arc::clone(&self.stats);
         let classifier = self.classifier.clone();
         let resync = self.resync.clone();
+        let breaker = self.breaker.clone();
         Box::pin(async move {
             let operation = request.operation;
             let trace = request.trace.clone();
             let now = Instant::now();
             if let Some(gap) = trace.start_try(now) {
+                metrics::record_retry_attempt(operation.as_str());
                 let mut stats = lock(&stats);
                 stats.retries += 1;
                 stats.backoff_sleeps += 1;
@@ -245,6 +270,11 @@ where
             trace.end_try(Instant::now());
             let outcome = classifier.outcome(result.as_ref());
             let refused = matches!(result, Err(palisade::Error::CircuitOpen(_)));
+            if refused {
+                metrics::record_breaker_rejected(breaker);
+            } else if let Err(palisade::Error::Timeout(timeout)) = &result {
+                metrics::record_timeout(operation.as_str(), timeout.kind);
+            }
             {
                 let mut stats = lock(&stats);
                 if refused {
