@@ -770,6 +770,96 @@ async fn the_session_is_counted_in_palisade_metrics() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_refuses_the_call_without_sending_it() {
+    // The public endpoints may have one call in flight and none waiting.
+    let yaml = POLICIES.replace(
+        "  exchange_public:\n    retry: { max_retries: 4 }",
+        "  exchange_public:\n    retry: { max_retries: 4 }\n    \
+         bulkhead: { max_concurrent: 1, max_queue: 0, max_wait: 1s }",
+    );
+    assert_ne!(yaml, POLICIES, "the example's exchange_public policy moved");
+    let policies = Arc::new(Policies::from_yaml_str(&yaml).unwrap());
+    let public = policies.for_operation("exchange_public");
+    assert_eq!(public.bulkhead.max_concurrent, 1);
+    assert_eq!(
+        policies
+            .for_operation("exchange_account")
+            .bulkhead
+            .max_concurrent,
+        10
+    );
+
+    // The first ticker call is answered after 1 s (within the 2 s attempt timeout).
+    let plan = FaultPlan::new().at(
+        1,
+        Fault::Slow {
+            delay: Duration::from_secs(1),
+        },
+    );
+    let mock = MockExchange::start(mock_config(plan)).await.unwrap();
+    let credentials = Credentials::new(Secret::new(API_KEY), Secret::new(SECRET_KEY)).unwrap();
+    let config = ClientConfig {
+        base_url: mock.base_url(),
+        credentials,
+        recv_window: Duration::from_secs(5),
+        governor: GovernorConfig::default(),
+        clock: t0(),
+        seed: 11,
+    };
+    let client = ExchangeClient::new(config, policies).unwrap();
+
+    let slow = client.ticker_price("BTCUSDT");
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Same policy, another endpoint: the policy's one permit is taken.
+        let ping = client.ping().await;
+        // Another policy has its own bulkhead.
+        let account = client.account().await;
+        (ping, account)
+    };
+    let (slow, (ping, account)) = tokio::join!(slow, meanwhile);
+    slow.unwrap();
+    account.unwrap();
+    let refused = ping.unwrap_err();
+    match &refused {
+        error::ExchangeError::Refused {
+            operation,
+            classification,
+            source,
+        } => {
+            assert_eq!(*operation, Operation::Ping);
+            assert_eq!(&*source.bulkhead, "exchange_public");
+            assert_eq!(source.max_concurrent, 1);
+            assert_eq!(source.reason, palisade::error::BulkheadRejection::QueueFull);
+            assert_eq!(classification.code, "bulkhead_full");
+            assert_eq!(classification.transience, Transience::Transient);
+        }
+        other => panic!("expected a bulkhead refusal, got {other}"),
+    }
+    assert_eq!(refused.attempts(), 0);
+    assert!(refused.to_string().contains("bulkhead"), "{refused}");
+
+    // Nothing of the refused call reached the exchange, and it was not retried.
+    let operations: Vec<_> = mock.stats().arrivals.iter().map(|a| a.operation).collect();
+    assert_eq!(
+        operations,
+        [Some(Operation::TickerPrice), Some(Operation::Account)]
+    );
+    let stats = client.stats();
+    assert_eq!(stats.retries, 0);
+    assert_eq!(stats.bulkhead_refusals["exchange_public"], 1);
+    let public = client
+        .bulkheads()
+        .into_iter()
+        .find(|b| b.name == "exchange_public")
+        .unwrap();
+    assert_eq!((public.refused, public.available), (1, 1));
+
+    // With the permit back, the same call goes through.
+    client.ping().await.unwrap();
+}
+
 #[test]
 fn the_exposition_reader_undoes_escapes() {
     let text = "# HELP x_total x\nx_total{a=\"1\",b=\"q\\\"uote\"} 3\ny 2.5\n";

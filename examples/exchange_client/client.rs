@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use palisade::bulkhead::{BulkheadLayer, BulkheadRegistry};
 use palisade::circuit_breaker::{CircuitBreakerHandle, Transition};
 use palisade::classify::{Classification, Classified, Classify, Outcome, Severity};
 use palisade::correlation::{self, CorrelationId};
@@ -32,7 +33,7 @@ use crate::classifier::{ExchangeClassifier, error_body};
 use crate::clock::{ServerClock, WallClock};
 use crate::error::ExchangeError;
 use crate::governor::{GovernorConfig, WeightGovernor};
-use crate::report::{BreakerReport, BudgetReport, CallStats};
+use crate::report::{BreakerReport, BudgetReport, BulkheadReport, CallStats};
 use crate::stack::{EndpointStack, Parts, Resync, apply_server_time, endpoint_stack};
 use crate::transport::{ApiRequest, ApiResponse, Credentials, Operation, RestTransport};
 
@@ -153,6 +154,7 @@ struct Endpoint {
 pub struct ExchangeClient {
     endpoints: BTreeMap<Operation, Endpoint>,
     budgets: BTreeMap<String, RetryBudget>,
+    bulkheads: BTreeMap<String, BulkheadLayer>,
     policies: Arc<Policies>,
     classifier: ExchangeClassifier,
     clock: Arc<ServerClock>,
@@ -190,6 +192,10 @@ impl ExchangeClient {
         let stats = Arc::new(Mutex::new(CallStats::default()));
         // One retry budget per policy, shared by the endpoints that run under it.
         let mut budgets: BTreeMap<String, RetryBudget> = BTreeMap::new();
+        // The client's own registry (not the process-wide one): each policy's bulkhead (or
+        // the partition it names) is shared by its endpoints, and by nobody outside this client.
+        let registry = BulkheadRegistry::new();
+        let mut bulkheads: BTreeMap<String, BulkheadLayer> = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         let mut transitions = Vec::new();
         let mut resync = None;
@@ -205,12 +211,17 @@ impl ExchangeClient {
                 .entry(policy.name().to_owned())
                 .or_insert_with(|| RetryBudget::new(&policy.retry.budget))
                 .clone();
+            let bulkhead = registry.layer_for(policy);
+            bulkheads
+                .entry(bulkhead.name().to_owned())
+                .or_insert_with(|| bulkhead.clone());
             let (stack, breaker) = endpoint_stack(
                 transport.clone(),
                 Parts {
                     operation,
                     policy,
                     budget,
+                    bulkhead,
                     classifier: &classifier,
                     governor: &governor,
                     stats: &stats,
@@ -234,6 +245,7 @@ impl ExchangeClient {
         Ok(ExchangeClient {
             endpoints,
             budgets,
+            bulkheads,
             policies,
             classifier,
             clock,
@@ -283,6 +295,21 @@ impl ExchangeClient {
                     .get(&(policy.clone(), RetryStop::BudgetExhausted.as_str()))
                     .copied()
                     .unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Each bulkhead: its limits, what is free now, and the calls it refused.
+    pub fn bulkheads(&self) -> Vec<BulkheadReport> {
+        let stats = self.lock_stats();
+        self.bulkheads
+            .iter()
+            .map(|(name, layer)| BulkheadReport {
+                name: name.clone(),
+                max_concurrent: layer.max_concurrent(),
+                max_queue: layer.max_queue(),
+                available: layer.available_permits(),
+                refused: stats.bulkhead_refusals.get(name).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -471,6 +498,29 @@ impl ExchangeClient {
                 .retries_by_policy
                 .entry(policy.name().to_owned())
                 .or_default() += attempts - 1;
+        }
+        if let Err(palisade::Error::BulkheadFull(full)) = &result {
+            // Refused before the retry layer: nothing was sent and no retry outcome recorded.
+            metrics::record_bulkhead_rejected(full.bulkhead.clone(), &full.reason);
+            let classification = full.classification();
+            tracing::warn!(
+                operation = operation.as_str(),
+                bulkhead = &*full.bulkhead,
+                reason = %full.reason,
+                "call refused: the bulkhead is full"
+            );
+            let mut stats = self.lock_stats();
+            *stats
+                .bulkhead_refusals
+                .entry(full.bulkhead.to_string())
+                .or_default() += 1;
+            stats.call_failed(operation, &classification);
+            drop(stats);
+            return Err(ExchangeError::Refused {
+                operation,
+                classification,
+                source: full.clone(),
+            });
         }
         if let Err(palisade::Error::Timeout(t)) = &result
             && t.kind == TimeoutKind::Total

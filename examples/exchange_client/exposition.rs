@@ -136,9 +136,10 @@ pub fn summary(text: &str) -> String {
     let transitions = by(&samples, "palisade_circuit_breaker_transitions_total", "to");
     let _ = writeln!(
         out,
-        "  breakers: transitions to {}; rejected {}",
+        "  breakers: transitions to {}; rejected {}   bulkheads: rejected {}",
         pairs(&transitions),
-        total(&samples, "palisade_circuit_breaker_rejected_total", &[])
+        total(&samples, "palisade_circuit_breaker_rejected_total", &[]),
+        total(&samples, "palisade_bulkhead_rejected_total", &[])
     );
     out
 }

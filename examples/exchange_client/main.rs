@@ -194,6 +194,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         budget: (client.governor().config().budget(), args.weight_limit),
         budgets: client.budgets(),
         breakers: client.breakers(),
+        bulkheads: client.bulkheads(),
         exchange: mock.stats(),
         elapsed: started.elapsed(),
     };

@@ -67,6 +67,8 @@ pub struct CallStats {
     pub final_errors: BTreeMap<(Category, String), u32>,
     /// Per operation.
     pub operations: BTreeMap<Operation, OperationStats>,
+    /// Calls refused by a full bulkhead, by bulkhead.
+    pub bulkhead_refusals: BTreeMap<String, u32>,
 }
 
 impl CallStats {
@@ -135,6 +137,21 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// One bulkhead at the end of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkheadReport {
+    /// Its name (the policy, or the partition it names).
+    pub name: String,
+    /// Calls allowed in flight.
+    pub max_concurrent: usize,
+    /// Calls allowed to wait for a permit.
+    pub max_queue: usize,
+    /// Permits free now.
+    pub available: usize,
+    /// Calls it refused.
+    pub refused: u32,
+}
+
 /// One policy's retry budget at the end of the session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BudgetReport {
@@ -182,6 +199,8 @@ pub struct Report {
     pub budgets: Vec<BudgetReport>,
     /// The circuit breakers.
     pub breakers: Vec<BreakerReport>,
+    /// The bulkheads.
+    pub bulkheads: Vec<BulkheadReport>,
     /// What the mock exchange saw.
     pub exchange: MockStats,
     /// Wall time of the session.
@@ -318,6 +337,18 @@ impl fmt::Display for Report {
         }
         if let Some(lagged) = self.breakers.first().map(|b| b.lagged).filter(|&n| n > 0) {
             writeln!(f, "  ({lagged} breaker events dropped unread)")?;
+        }
+        for (n, b) in self.bulkheads.iter().enumerate() {
+            writeln!(
+                f,
+                "{:<12} {:<17} {} in flight + {} queued at most   free now {:>2}   refused {}",
+                if n == 0 { "bulkheads" } else { "" },
+                b.name,
+                b.max_concurrent,
+                b.max_queue,
+                b.available,
+                b.refused
+            )?;
         }
         writeln!(
             f,

@@ -5,6 +5,8 @@
 //! ```text
 //! ErrorMetricsLayer            palisade: palisade_requests_total, _request_duration_seconds
 //!                              and _errors_total, labelled with the endpoint's name
+//! BulkheadLayer                palisade: the policy's `bulkhead:` (shared by its endpoints);
+//!                              a full one refuses at once with BulkheadFull
 //! TimeoutLayer (total)         palisade: the call's whole budget; retry sees it as the deadline
 //!   RetryLayer                 palisade: transient failures only, backoff or the asked wait,
 //!                              within the policy's retry budget (shared by its endpoints)
@@ -30,6 +32,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use palisade::bulkhead::{Bulkhead, BulkheadLayer};
 use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
 use palisade::classify::{Classify, Outcome};
 use palisade::metrics::{
@@ -62,20 +65,25 @@ fn flatten(error: palisade::Error<StackError>) -> StackError {
 /// One endpoint's stack; see the [module docs](self).
 pub type EndpointStack = ErrorMetrics<
     MapErr<
-        Timeout<
+        Bulkhead<
             MapErr<
-                Retry<
-                    AttemptLog<
-                        MapErr<
-                            CircuitBreaker<
-                                Governed<MapErr<Timeout<RestTransport>, Flatten>>,
-                                ExchangeClassifier,
+                Timeout<
+                    MapErr<
+                        Retry<
+                            AttemptLog<
+                                MapErr<
+                                    CircuitBreaker<
+                                        Governed<MapErr<Timeout<RestTransport>, Flatten>>,
+                                        ExchangeClassifier,
+                                    >,
+                                    Flatten,
+                                >,
                             >,
-                            Flatten,
+                            ExchangeClassifier,
+                            CloneRequest,
                         >,
+                        Flatten,
                     >,
-                    ExchangeClassifier,
-                    CloneRequest,
                 >,
                 Flatten,
             >,
@@ -97,6 +105,8 @@ pub struct Parts<'a> {
     pub policy: &'a Policy,
     /// The retry budget of its policy (shared by every endpoint under that policy).
     pub budget: RetryBudget,
+    /// The bulkhead of its policy (shared by every endpoint under that policy).
+    pub bulkhead: BulkheadLayer,
     /// The classifier every layer judges by.
     pub classifier: &'a ExchangeClassifier,
     /// The weight governor (one for the client: the exchange counts weight per IP).
@@ -118,6 +128,7 @@ pub fn endpoint_stack(
         operation,
         policy,
         budget,
+        bulkhead,
         classifier,
         governor,
         stats,
@@ -133,6 +144,8 @@ pub fn endpoint_stack(
     let flat = flatten as Flatten;
     let stack = ServiceBuilder::new()
         .layer(ErrorMetricsLayer::new(classifier.clone()).operation(operation.as_str()))
+        .map_err(flat)
+        .layer(bulkhead)
         .map_err(flat)
         .layer(TimeoutLayer::total_from(policy))
         .map_err(flat)
