@@ -1,9 +1,11 @@
 //! A Binance-style REST client on reqwest and palisade.
 //!
-//! Every call goes through its endpoint's tower stack (see [`crate::stack`]): palisade's total
-//! timeout, retry (with the policy's retry budget), circuit breaker (one per endpoint) and
-//! attempt timeout, all configured from the operation's policy in `policies.yaml`, with the
-//! exchange's weight governor and a per-try log between them.
+//! Every call goes through its endpoint's tower stack (see [`crate::stack`]): palisade's error
+//! metrics, bulkhead (one per policy), total timeout, retry (with the policy's retry budget),
+//! circuit breaker (one per endpoint) and attempt timeout, all configured from the
+//! operation's policy in `policies.yaml`, with the exchange's weight governor and a per-try
+//! log between them. Each call runs under a correlation ID (see the private `execute`'s
+//! docs).
 //!
 //! Each attempt is classified by the [`ExchangeClassifier`] (the `binance` code table from
 //! `policies.yaml`, then the HTTP status, then transport errors); only transient failures are

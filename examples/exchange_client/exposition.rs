@@ -69,8 +69,8 @@ pub fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
             with.iter()
                 .all(|(k, v)| s.labels.get(*k).is_some_and(|l| l == v))
         })
-        .map(|s| s.value)
-        .sum()
+        // A fold from +0: `sum` of no floats is -0, which would print as "-0".
+        .fold(0.0, |sum, s| sum + s.value)
 }
 
 /// Sums the samples named `name` by the value of `label`.

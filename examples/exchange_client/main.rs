@@ -10,12 +10,16 @@
 //! Every failure is judged by palisade's classifiers: the `binance` error-code table in
 //! `policies.yaml` (59 codes, each with a classification, a message and a suggestion), the
 //! HTTP status and `Retry-After`, and transport errors. palisade's own layers do the rest,
-//! from the per-operation policies in the same file: total and attempt timeouts, retry with
-//! a retry budget per policy, and a circuit breaker per endpoint.
+//! from the per-operation policies in the same file: a bulkhead per policy, total and attempt
+//! timeouts, retry with a retry budget per policy, and a circuit breaker per endpoint. Every
+//! call runs under a correlation ID that each of its tries sends in `x-request-id`, and
+//! palisade's metrics go to a Prometheus recorder the report reads back (`--metrics` prints
+//! the whole text).
 //!
 //! ```text
 //! cargo run --example exchange_client
 //! cargo run --example exchange_client -- --seed 42 --requests 120 --log warn
+//! cargo run --example exchange_client -- --metrics
 //! cargo run --example exchange_client -- --help
 //! ```
 
