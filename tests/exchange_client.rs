@@ -12,6 +12,8 @@ mod client;
 mod clock;
 #[path = "../examples/exchange_client/error.rs"]
 mod error;
+#[path = "../examples/exchange_client/exposition.rs"]
+mod exposition;
 #[path = "../examples/exchange_client/governor.rs"]
 mod governor;
 #[path = "../examples/exchange_client/mock/mod.rs"]
@@ -20,6 +22,8 @@ mod mock;
 mod report;
 #[path = "../examples/exchange_client/session.rs"]
 mod session;
+#[path = "../examples/exchange_client/stack.rs"]
+mod stack;
 #[path = "../examples/exchange_client/transport.rs"]
 mod transport;
 
@@ -27,7 +31,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusBuilder;
+use palisade::circuit_breaker::CircuitState;
 use palisade::classify::{Category, Classified, Transience};
+use palisade::correlation::{self, CorrelationId};
 use palisade::policy::Policies;
 use tokio::time::Instant;
 
@@ -277,15 +284,23 @@ async fn a_429_pauses_every_call_until_the_advertised_time() {
     assert_eq!(arrivals[0].status, 429);
     for later in &arrivals[1..] {
         let after = later.at - started;
-        // The header's 30 s, not the code table's 60 s default for -1003.
+        // The header's 30 s, not the code table's 60 s default for -1003: the second
+        // caller is held by the governor until then, and the failed call's retry waits at
+        // least that long (palisade's retry adds up to half again as jitter).
         assert!(after >= Duration::from_secs(30), "{after:?}");
-        assert!(after < Duration::from_secs(31), "{after:?}");
+        assert!(after <= Duration::from_secs(45), "{after:?}");
         assert_eq!(later.status, 200);
     }
+    assert!(
+        arrivals[1].at - started < Duration::from_secs(31),
+        "the held caller goes when the pause ends"
+    );
     assert_eq!(mock.stats().requests_during_pause, 0);
     let governor = client.governor().stats();
     assert_eq!(governor.pauses, 1);
-    assert!(governor.pause_waits >= 2, "{governor:?}");
+    // The second caller waited in the governor; the retry's own wait already covered the
+    // pause.
+    assert_eq!(governor.pause_waits, 1, "{governor:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -299,15 +314,27 @@ async fn a_418_ban_holds_calls_until_it_ends() {
     let (mock, client) = start(plan).await;
     client.ping().await.unwrap();
     let banned_at = Instant::now();
-    // Retried after the ban; the total timeout (90 s) is shorter than the ban, so the
-    // retry is given up rather than sent into the ban.
+    // Banned on the first try. The retry would have to wait the ban's 120 s, more than the
+    // call's total timeout (100 s) allows, so palisade's retry gives up at once.
     let err = client.ticker_price("BTCUSDT").await.unwrap_err();
     assert_eq!(err.classification().code, "binance_-1003");
+    assert_eq!(err.attempts(), 1);
+    assert!(banned_at.elapsed() < Duration::from_secs(1));
     assert_eq!(mock.stats().requests, 2, "nothing sent during the ban");
-    // The next call waits for the end of the ban, then goes through.
+    // A call made during the ban is not held into its timeout either: the governor refuses
+    // it at once, locally, with the wait left.
+    let err = client.ticker_price("BTCUSDT").await.unwrap_err();
+    assert_eq!(err.classification().code, "binance_-1003");
+    assert!(banned_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(client.governor().stats().refused_past_deadline, 1);
+    assert_eq!(mock.stats().requests, 2, "nothing sent during the ban");
+    // Once the rest of the ban fits a call's budget, the call waits for its end and goes
+    // through.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     client.ticker_price("BTCUSDT").await.unwrap();
     let last = mock.stats().arrivals.last().unwrap().at;
     assert!(last - banned_at >= Duration::from_secs(120));
+    assert!(last - banned_at < Duration::from_secs(121));
     assert_eq!(mock.stats().requests_during_pause, 0);
 }
 
@@ -460,6 +487,34 @@ async fn no_secret_reaches_logs_or_errors() {
     }
     // The signed URL is not there either, only the operation.
     assert!(!logs.contains("signature="));
+    // Correlation IDs are logged, by the client (its `call` span) and by the mock, and the
+    // lines that carry them hold no secret (checked above for every line; here the lines
+    // with this session's IDs, so the check cannot pass for want of IDs in the logs).
+    let ids: std::collections::BTreeSet<String> = mock
+        .stats()
+        .arrivals
+        .iter()
+        .filter_map(|a| a.request_id.clone())
+        .collect();
+    assert!(ids.len() >= 30, "one ID per call: {}", ids.len());
+    let mut lines_with_ids = 0;
+    for line in logs
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+    {
+        lines_with_ids += 1;
+        assert!(
+            line.contains("correlation_id") || line.contains("request_id"),
+            "{line}"
+        );
+        for secret in &secrets {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret next to an ID: {line}"
+            );
+        }
+    }
+    assert!(lines_with_ids >= ids.len(), "every ID is logged");
     assert!(texts.iter().all(|t| !t.contains("signature=")));
 }
 
@@ -562,12 +617,259 @@ async fn a_retried_order_is_placed_once() {
             Some(Operation::QueryOrder)
         ]
     );
+    // Placing and looking up is one operation: one correlation ID on all three requests.
+    let ids: Vec<_> = exchange
+        .arrivals
+        .iter()
+        .map(|a| a.request_id.clone())
+        .collect();
+    assert!(ids[0].is_some());
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(exchange.orders_placed, 1, "one order, not two");
     assert_eq!(mock.open_orders(), 1);
     assert_eq!(
         mock.balance("USDT"),
         Some(("8550.00000000".into(), "1450.00000000".into()))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_try_of_a_call_carries_its_correlation_id() {
+    // The first call fails twice (503, 502) and succeeds on its third try; two more calls
+    // succeed at once.
+    let plan = FaultPlan::new()
+        .at(1, Fault::ServerError { status: 503 })
+        .at(2, Fault::ServerError { status: 502 });
+    let (mock, client) = start(plan).await;
+    for _ in 0..3 {
+        client.ticker_price("BTCUSDT").await.unwrap();
+    }
+    assert_eq!(client.stats().retries, 2);
+    let arrivals = mock.stats().arrivals;
+    assert_eq!(arrivals.len(), 5);
+    let ids: Vec<String> = arrivals
+        .iter()
+        .map(|a| a.request_id.clone().expect("the mock recorded an ID"))
+        .collect();
+    // The client's own IDs: generated UUIDv7s.
+    for id in &ids {
+        assert_eq!(id.len(), 36, "{id}");
+        assert!(CorrelationId::parse(id.as_bytes()).is_some());
+    }
+    assert_eq!(ids[0], ids[1], "the retry carries the call's ID");
+    assert_eq!(ids[0], ids[2], "so does the second retry");
+    assert_ne!(ids[2], ids[3], "the next call has its own ID");
+    assert_ne!(ids[3], ids[4]);
+    assert_ne!(ids[0], ids[4]);
+
+    // A caller's own ID (a larger operation of its own) is used as it is.
+    let mine = CorrelationId::parse(b"session-7-ping").unwrap();
+    correlation::scope(mine, client.ping()).await.unwrap();
+    let last = mock.stats().arrivals.pop().unwrap();
+    assert_eq!(last.operation, Some(Operation::Ping));
+    assert_eq!(last.request_id.as_deref(), Some("session-7-ping"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_is_counted_in_palisade_metrics() {
+    // A recorder for this test's thread only (the paused runtime is single-threaded), set
+    // before the client is built, as the program installs its global one.
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    // Arrival 5 is the session's second ticker call: one 503, one retry.
+    let plan = FaultPlan::new().at(5, Fault::ServerError { status: 503 });
+    let (_mock, client) = start(plan).await;
+    session::run(&client, 30).await;
+    let stats = client.stats();
+
+    let text = prometheus.render();
+    let samples = exposition::samples(&text);
+    let count = |name: &str, with: &[(&str, &str)]| exposition::total(&samples, name, with);
+    let ticker = stats.operations[&Operation::TickerPrice];
+    assert!(ticker.calls >= 15, "{ticker:?}");
+    assert_eq!(ticker.failed, 1, "the script's misspelt symbol");
+    let requests = "palisade_requests_total";
+    assert_eq!(
+        count(requests, &[("operation", "ticker_price")]),
+        f64::from(ticker.calls)
+    );
+    assert_eq!(
+        count(
+            requests,
+            &[("operation", "ticker_price"), ("outcome", "success")]
+        ),
+        f64::from(ticker.calls - 1)
+    );
+    assert_eq!(
+        count(
+            requests,
+            &[("operation", "ticker_price"), ("outcome", "failure")]
+        ),
+        1.0
+    );
+    // Every call of every endpoint is counted once.
+    assert_eq!(count(requests, &[]), f64::from(stats.calls));
+    // The failures by classification: -1121 (user) on the ticker.
+    assert_eq!(
+        count(
+            "palisade_errors_total",
+            &[
+                ("operation", "ticker_price"),
+                ("category", "user"),
+                ("code", "binance_-1121")
+            ]
+        ),
+        1.0
+    );
+    let final_failures: u32 = stats.final_errors.values().sum();
+    assert_eq!(
+        count("palisade_errors_total", &[]),
+        f64::from(final_failures)
+    );
+    // The retry's own metrics: the one retried call, its one extra attempt.
+    assert_eq!(
+        count(
+            "palisade_retries_total",
+            &[
+                ("operation", "ticker_price"),
+                ("outcome", "succeeded_after_retry")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "palisade_retry_attempts_total",
+            &[("operation", "ticker_price")]
+        ),
+        1.0
+    );
+    assert_eq!(count("palisade_retries_total", &[]), f64::from(stats.calls));
+    // Each breaker's state gauge, set when the client was built: closed, and still closed.
+    assert_eq!(
+        count(
+            "palisade_circuit_breaker_state",
+            &[
+                ("breaker", "exchange_public:ticker_price"),
+                ("state", "closed")
+            ]
+        ),
+        1.0
+    );
+    // The report's section shows the endpoint's line.
+    let summary = exposition::summary(&text);
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("ticker_price"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        line.contains(&format!("success {}", ticker.calls - 1)),
+        "{line}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_refuses_the_call_without_sending_it() {
+    // The public endpoints may have one call in flight and none waiting.
+    let yaml = POLICIES.replace(
+        "  exchange_public:\n    retry: { max_retries: 4 }",
+        "  exchange_public:\n    retry: { max_retries: 4 }\n    \
+         bulkhead: { max_concurrent: 1, max_queue: 0, max_wait: 1s }",
+    );
+    assert_ne!(yaml, POLICIES, "the example's exchange_public policy moved");
+    let policies = Arc::new(Policies::from_yaml_str(&yaml).unwrap());
+    let public = policies.for_operation("exchange_public");
+    assert_eq!(public.bulkhead.max_concurrent, 1);
+    assert_eq!(
+        policies
+            .for_operation("exchange_account")
+            .bulkhead
+            .max_concurrent,
+        10
+    );
+
+    // The first ticker call is answered after 1 s (within the 2 s attempt timeout).
+    let plan = FaultPlan::new().at(
+        1,
+        Fault::Slow {
+            delay: Duration::from_secs(1),
+        },
+    );
+    let mock = MockExchange::start(mock_config(plan)).await.unwrap();
+    let credentials = Credentials::new(Secret::new(API_KEY), Secret::new(SECRET_KEY)).unwrap();
+    let config = ClientConfig {
+        base_url: mock.base_url(),
+        credentials,
+        recv_window: Duration::from_secs(5),
+        governor: GovernorConfig::default(),
+        clock: t0(),
+        seed: 11,
+    };
+    let client = ExchangeClient::new(config, policies).unwrap();
+
+    let slow = client.ticker_price("BTCUSDT");
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Same policy, another endpoint: the policy's one permit is taken.
+        let ping = client.ping().await;
+        // Another policy has its own bulkhead.
+        let account = client.account().await;
+        (ping, account)
+    };
+    let (slow, (ping, account)) = tokio::join!(slow, meanwhile);
+    slow.unwrap();
+    account.unwrap();
+    let refused = ping.unwrap_err();
+    match &refused {
+        error::ExchangeError::Refused {
+            operation,
+            classification,
+            source,
+        } => {
+            assert_eq!(*operation, Operation::Ping);
+            assert_eq!(&*source.bulkhead, "exchange_public");
+            assert_eq!(source.max_concurrent, 1);
+            assert_eq!(source.reason, palisade::error::BulkheadRejection::QueueFull);
+            assert_eq!(classification.code, "bulkhead_full");
+            assert_eq!(classification.transience, Transience::Transient);
+        }
+        other => panic!("expected a bulkhead refusal, got {other}"),
+    }
+    assert_eq!(refused.attempts(), 0);
+    assert!(refused.to_string().contains("bulkhead"), "{refused}");
+
+    // Nothing of the refused call reached the exchange, and it was not retried.
+    let operations: Vec<_> = mock.stats().arrivals.iter().map(|a| a.operation).collect();
+    assert_eq!(
+        operations,
+        [Some(Operation::TickerPrice), Some(Operation::Account)]
+    );
+    let stats = client.stats();
+    assert_eq!(stats.retries, 0);
+    assert_eq!(stats.bulkhead_refusals["exchange_public"], 1);
+    let public = client
+        .bulkheads()
+        .into_iter()
+        .find(|b| b.name == "exchange_public")
+        .unwrap();
+    assert_eq!((public.refused, public.available), (1, 1));
+
+    // With the permit back, the same call goes through.
+    client.ping().await.unwrap();
+}
+
+#[test]
+fn the_exposition_reader_undoes_escapes() {
+    let text = "# HELP x_total x\nx_total{a=\"1\",b=\"q\\\"uote\"} 3\ny 2.5\n";
+    let samples = exposition::samples(text);
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0].labels["b"], "q\"uote");
+    assert_eq!(exposition::total(&samples, "x_total", &[("a", "1")]), 3.0);
+    let none = exposition::total(&samples, "x_total", &[("a", "2")]);
+    assert_eq!(none.to_string(), "0", "no sample sums to 0, not -0");
+    assert_eq!(exposition::total(&samples, "y", &[]), 2.5);
 }
 
 #[tokio::test(start_paused = true)]
@@ -655,4 +957,112 @@ async fn an_unknown_order_lookup_is_a_persistent_user_error() {
     assert_eq!(err.exchange_code(), Some(-2013));
     assert_eq!(err.classification().category, Category::User);
     assert_eq!(err.attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_opens_the_endpoints_breaker_which_probes_and_closes() {
+    let (mock, client) = start(FaultPlan::new()).await;
+    mock.outage(Operation::TickerPrice, Duration::from_secs(5));
+
+    // One call and its four retries: five failures in a row open the ticker's breaker.
+    let err = client.ticker_price("BTCUSDT").await.unwrap_err();
+    assert_eq!(err.classification().code, "http_503");
+    assert_eq!(err.attempts(), 5);
+    assert_eq!(mock.stats().outage_answers, 5);
+    let ticker = client.breaker(Operation::TickerPrice);
+    assert_eq!(ticker.state(), CircuitState::Open);
+    assert_eq!(
+        client
+            .stats()
+            .retry_stops
+            .get(&("exchange_public".into(), "max_retries")),
+        Some(&1)
+    );
+
+    // Each endpoint has its own breaker: the others still call the exchange.
+    client.ping().await.unwrap();
+    assert_eq!(
+        client.breaker(Operation::Ping).state(),
+        CircuitState::Closed
+    );
+
+    // A call while it is open: its first try is refused without being sent, and palisade's
+    // retry waits the breaker's retry-after for the probe, which fails (the outage is not
+    // over); the next probe, after the doubled open time, finds the endpoint back.
+    let before = mock.stats().requests;
+    client.ticker_price("BTCUSDT").await.unwrap();
+    let stats = client.stats();
+    assert!(stats.breaker_refusals >= 1, "{stats:?}");
+    // Only tries that were not refused reached the exchange.
+    assert_eq!(mock.stats().requests, u64::from(stats.attempts));
+    assert_eq!(
+        stats.attempts + stats.breaker_refusals,
+        stats.calls + stats.retries
+    );
+    assert!(mock.stats().requests > before);
+
+    // One more success closes it (success_threshold: 2).
+    client.ticker_price("BTCUSDT").await.unwrap();
+    assert_eq!(ticker.state(), CircuitState::Closed);
+    let report = client
+        .breakers()
+        .into_iter()
+        .find(|b| b.name == "exchange_public:ticker_price")
+        .unwrap();
+    let path: Vec<_> = report.transitions.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        path.first(),
+        Some(&(CircuitState::Closed, CircuitState::Open))
+    );
+    assert_eq!(
+        path.last(),
+        Some(&(CircuitState::HalfOpen, CircuitState::Closed))
+    );
+    assert!(report.rejections >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_caps_retries_when_failures_pile_up() {
+    // Every third request fails with a 503: one call in two needs a retry, more than the
+    // budget (10 plus 20% of calls over 10 s) allows for long.
+    let mut plan = FaultPlan::new();
+    for n in (1..=300).step_by(3) {
+        plan = plan.at(n, Fault::ServerError { status: 503 });
+    }
+    let (mock, client) = start(plan).await;
+    let mut failed = 0;
+    for _ in 0..60 {
+        if client.ticker_price("BTCUSDT").await.is_err() {
+            failed += 1;
+        }
+    }
+    let public = client
+        .budgets()
+        .into_iter()
+        .find(|b| b.policy == "exchange_public")
+        .unwrap();
+    assert!(failed > 0, "the budget ran out");
+    // Every call that failed did so because the budget refused its retry.
+    assert_eq!(public.refused, failed);
+    assert_eq!(
+        client
+            .stats()
+            .retry_stops
+            .get(&("exchange_public".into(), "budget_exhausted")),
+        Some(&failed)
+    );
+    // No more retries than the budget's share: 10 + 20% of the 60 calls.
+    assert!(public.retries <= 22, "{public:?}");
+    // What it allows now is what the last calls earned back, far below its floor of 10.
+    assert!(public.remaining < 10, "{public:?}");
+    assert_eq!(
+        u64::from(public.retries) + 60,
+        mock.stats().requests,
+        "each retry was one request"
+    );
+    // The 503s were a third of the tries: not enough to open the breaker.
+    assert_eq!(
+        client.breaker(Operation::TickerPrice).state(),
+        CircuitState::Closed
+    );
 }

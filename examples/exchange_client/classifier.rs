@@ -4,7 +4,8 @@
 //!    `binance` [`CodeTable`] from `policies.yaml`, through a [`TableClassifier`].
 //! 2. A response the table does not know is judged by its status ([`HttpStatus`]).
 //! 3. A transport error (refused, reset) is judged by [`TransportErrors`]; an error raised by a
-//!    palisade layer (an attempt timeout) classifies itself.
+//!    palisade layer (a timeout, an open breaker) classifies itself. A retry's error is judged
+//!    by its last attempt.
 //!
 //! On a 429 or 418 the exchange's `Retry-After` header wins over the table's default wait.
 
@@ -91,10 +92,13 @@ impl Classify<ApiResponse, StackError> for ExchangeClassifier {
                     other => other,
                 })
             }
-            Err(palisade::Error::Inner(transport)) => {
-                TransportErrors.classify(Err::<&(), _>(transport))
-            }
-            Err(layer) => layer.layer_classification().map(Outcome::Failure),
+            // Through the retry's context to what actually went wrong.
+            Err(error) => match error.last_attempt() {
+                palisade::Error::Inner(transport) => {
+                    TransportErrors.classify(Err::<&(), _>(transport))
+                }
+                layer => layer.layer_classification().map(Outcome::Failure),
+            },
         }
     }
 }

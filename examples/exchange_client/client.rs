@@ -1,34 +1,43 @@
 //! A Binance-style REST client on reqwest and palisade.
 //!
-//! Every call goes through one tower stack (built in [`ExchangeClient::new`]):
-//!
-//! ```text
-//! retry (stopgap loop below)  ->  WeightGovernor  ->  attempt timeout (stopgap)  ->  RestTransport
-//! ```
+//! Every call goes through its endpoint's tower stack (see [`crate::stack`]): palisade's error
+//! metrics, bulkhead (one per policy), total timeout, retry (with the policy's retry budget),
+//! circuit breaker (one per endpoint) and attempt timeout, all configured from the
+//! operation's policy in `policies.yaml`, with the exchange's weight governor and a per-try
+//! log between them. Each call runs under a correlation ID (see the private `execute`'s
+//! docs).
 //!
 //! Each attempt is classified by the [`ExchangeClassifier`] (the `binance` code table from
 //! `policies.yaml`, then the HTTP status, then transport errors); only transient failures are
 //! retried, after the wait the exchange advertised or the policy's backoff.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use palisade::classify::{Classification, Classified, Classify, Outcome, Severity, Transience};
-use palisade::policy::{Jitter, Policies, RetryPolicy};
+use palisade::bulkhead::{BulkheadLayer, BulkheadRegistry};
+use palisade::circuit_breaker::{CircuitBreakerHandle, Transition};
+use palisade::classify::{Classification, Classified, Classify, Outcome, Severity};
+use palisade::correlation::{self, CorrelationId};
+use palisade::error::{RetryStop, TimeoutKind};
+use palisade::metrics::{self, RetryOutcomeKind};
+use palisade::policy::Policies;
+use palisade::retry::RetryBudget;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::classifier::{ExchangeClassifier, error_body};
 use crate::clock::{ServerClock, WallClock};
 use crate::error::ExchangeError;
-use crate::governor::{Governed, GovernorConfig, GovernorLayer, WeightGovernor};
-use crate::report::CallStats;
-use crate::transport::{
-    ApiRequest, ApiResponse, Credentials, Operation, RestTransport, SendLatency,
-};
+use crate::governor::{GovernorConfig, WeightGovernor};
+use crate::report::{BreakerReport, BudgetReport, BulkheadReport, CallStats};
+use crate::stack::{EndpointStack, Parts, Resync, apply_server_time, endpoint_stack};
+use crate::transport::{ApiRequest, ApiResponse, Credentials, Operation, RestTransport};
 
 /// The name of the code table in `policies.yaml`.
 pub const CODE_TABLE: &str = "binance";
@@ -49,9 +58,6 @@ pub struct ClientConfig {
     /// Seeds the backoff jitter.
     pub seed: u64,
 }
-
-/// The client's stack: what `ServiceBuilder` in [`ExchangeClient::new`] builds.
-pub type Stack = Governed<RestTransport>;
 
 /// The policy file has no `binance` code table.
 #[derive(Debug, thiserror::Error)]
@@ -140,21 +146,40 @@ struct ServerTime {
     server_time: i64,
 }
 
+/// One endpoint's stack and the state the report reads.
+struct Endpoint {
+    stack: EndpointStack,
+    breaker: CircuitBreakerHandle,
+}
+
 /// The client. Cheap to share behind an `Arc`; calls may run concurrently.
-#[derive(Debug)]
 pub struct ExchangeClient {
-    stack: Stack,
+    endpoints: BTreeMap<Operation, Endpoint>,
+    budgets: BTreeMap<String, RetryBudget>,
+    bulkheads: BTreeMap<String, BulkheadLayer>,
     policies: Arc<Policies>,
     classifier: ExchangeClassifier,
     clock: Arc<ServerClock>,
     governor: Arc<WeightGovernor>,
-    stats: Mutex<CallStats>,
-    jitter_state: Mutex<u64>,
+    stats: Arc<Mutex<CallStats>>,
+    transitions: Mutex<Vec<broadcast::Receiver<Transition>>>,
     next_order_id: AtomicU64,
 }
 
+impl std::fmt::Debug for ExchangeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeClient")
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .field("classifier", &self.classifier)
+            .field("clock", &self.clock)
+            .field("governor", &self.governor)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ExchangeClient {
-    /// A client calling the exchange at `config.base_url` under `policies`.
+    /// A client calling the exchange at `config.base_url` under `policies`: one stack per
+    /// endpoint, each built from its operation's policy.
     pub fn new(config: ClientConfig, policies: Arc<Policies>) -> Result<Self, MissingCodeTable> {
         let table = policies.error_codes(CODE_TABLE).ok_or(MissingCodeTable)?;
         let classifier = ExchangeClassifier::new(Arc::clone(table));
@@ -164,30 +189,71 @@ impl ExchangeClient {
             config.base_url,
             config.credentials,
             Arc::clone(&clock),
-            Arc::clone(&policies),
             u64::try_from(config.recv_window.as_millis()).unwrap_or(60_000),
         );
-        let stack = ServiceBuilder::new()
-            // palisade stack: MetricsLayer (attempts, outcomes by code) goes here when it lands
-            // palisade stack: RetryLayer (policy.retry + ExchangeClassifier, with its budget)
-            //                 goes here when it lands, replacing `ExchangeClient::execute`'s loop
-            // palisade stack: CircuitBreakerLayer (policy.circuit_breaker + ExchangeClassifier)
-            //                 goes here when it lands
-            .layer(GovernorLayer::new(
-                Arc::clone(&governor),
-                classifier.clone(),
-            ))
-            // palisade stack: TimeoutLayer (policy.timeout.attempt) goes here when it lands,
-            //                 replacing `send_within_attempt_limit` in transport.rs
-            .service(transport);
+        let stats = Arc::new(Mutex::new(CallStats::default()));
+        // One retry budget per policy, shared by the endpoints that run under it.
+        let mut budgets: BTreeMap<String, RetryBudget> = BTreeMap::new();
+        // The client's own registry (not the process-wide one): each policy's bulkhead (or
+        // the partition it names) is shared by its endpoints, and by nobody outside this client.
+        let registry = BulkheadRegistry::new();
+        let mut bulkheads: BTreeMap<String, BulkheadLayer> = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        let mut transitions = Vec::new();
+        let mut resync = None;
+        // `time` first: the signed endpoints' clock resync calls its stack.
+        let order = std::iter::once(Operation::Time).chain(
+            Operation::ALL
+                .into_iter()
+                .filter(|op| *op != Operation::Time),
+        );
+        for (n, operation) in order.enumerate() {
+            let policy = policies.for_operation(operation.policy());
+            let budget = budgets
+                .entry(policy.name().to_owned())
+                .or_insert_with(|| RetryBudget::new(&policy.retry.budget))
+                .clone();
+            let bulkhead = registry.layer_for(policy);
+            bulkheads
+                .entry(bulkhead.name().to_owned())
+                .or_insert_with(|| bulkhead.clone());
+            let (stack, breaker) = endpoint_stack(
+                transport.clone(),
+                Parts {
+                    operation,
+                    policy,
+                    budget,
+                    bulkhead,
+                    classifier: &classifier,
+                    governor: &governor,
+                    stats: &stats,
+                    resync: if operation.signed() {
+                        resync.clone()
+                    } else {
+                        None
+                    },
+                    seed: config.seed.wrapping_add(n as u64),
+                },
+            );
+            if operation == Operation::Time {
+                resync = Some(Arc::new(Resync {
+                    time: tower::util::BoxCloneSyncService::new(stack.clone()),
+                    clock: Arc::clone(&clock),
+                }));
+            }
+            transitions.push(breaker.subscribe());
+            endpoints.insert(operation, Endpoint { stack, breaker });
+        }
         Ok(ExchangeClient {
-            stack,
+            endpoints,
+            budgets,
+            bulkheads,
             policies,
             classifier,
             clock,
             governor,
-            stats: Mutex::new(CallStats::default()),
-            jitter_state: Mutex::new(config.seed),
+            stats,
+            transitions: Mutex::new(transitions),
             next_order_id: AtomicU64::new(1),
         })
     }
@@ -211,6 +277,82 @@ impl ExchangeClient {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The circuit breaker of an endpoint.
+    pub fn breaker(&self, operation: Operation) -> &CircuitBreakerHandle {
+        &self.endpoints[&operation].breaker
+    }
+
+    /// Each policy's retry budget: what it allows now, read from the budget itself, with the
+    /// retries this client took under it and the ones it refused.
+    pub fn budgets(&self) -> Vec<BudgetReport> {
+        let stats = self.lock_stats();
+        self.budgets
+            .iter()
+            .map(|(policy, budget)| BudgetReport {
+                policy: policy.clone(),
+                remaining: budget.remaining(),
+                retries: stats.retries_by_policy.get(policy).copied().unwrap_or(0),
+                refused: stats
+                    .retry_stops
+                    .get(&(policy.clone(), RetryStop::BudgetExhausted.as_str()))
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Each bulkhead: its limits, what is free now, and the calls it refused.
+    pub fn bulkheads(&self) -> Vec<BulkheadReport> {
+        let stats = self.lock_stats();
+        self.bulkheads
+            .iter()
+            .map(|(name, layer)| BulkheadReport {
+                name: name.clone(),
+                max_concurrent: layer.max_concurrent(),
+                max_queue: layer.max_queue(),
+                available: layer.available_permits(),
+                refused: stats.bulkhead_refusals.get(name).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Every breaker's state and counts, with the transitions its event stream delivered
+    /// since the last call.
+    pub fn breakers(&self) -> Vec<BreakerReport> {
+        let mut events: BTreeMap<String, Vec<Transition>> = BTreeMap::new();
+        let mut lagged = 0;
+        for receiver in self
+            .transitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            loop {
+                match receiver.try_recv() {
+                    Ok(t) => events.entry(t.breaker.to_string()).or_default().push(t),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => lagged += n,
+                    Err(_) => break,
+                }
+            }
+        }
+        self.endpoints
+            .values()
+            .map(|e| {
+                let name = e.breaker.name().to_string();
+                let metrics = e.breaker.metrics();
+                BreakerReport {
+                    transitions: events.remove(&name).unwrap_or_default(),
+                    name,
+                    state: metrics.state,
+                    calls: metrics.calls,
+                    failures: metrics.failures,
+                    rejections: metrics.rejections,
+                    lagged,
+                }
+            })
+            .collect()
+    }
+
     /// `GET /api/v3/ping`
     pub async fn ping(&self) -> Result<(), ExchangeError> {
         self.execute(ApiRequest::new(Operation::Ping)).await?;
@@ -226,23 +368,13 @@ impl ExchangeClient {
     /// Learns the offset between our clock and the exchange's; returns it in milliseconds.
     pub async fn sync_time(&self) -> Result<i64, ExchangeError> {
         let response = self.execute(ApiRequest::new(Operation::Time)).await?;
-        let answered = self.clock.local().now_ms();
-        // The exchange read its clock about half a round trip before the answer arrived.
-        // Only the send-to-answer time counts: a wait in the governor before sending does not.
-        let round_trip = response
-            .extensions()
-            .get::<SendLatency>()
-            .map_or(0, |SendLatency(d)| {
-                i64::try_from(d.as_millis()).unwrap_or(0)
-            });
-        let time: ServerTime =
-            serde_json::from_slice(response.body()).map_err(|e| ExchangeError::Decode {
+        let offset =
+            apply_server_time(&self.clock, &response).map_err(|e| ExchangeError::Decode {
                 operation: Operation::Time,
                 detail: e.to_string(),
             })?;
-        self.clock.sync(time.server_time, answered - round_trip / 2);
-        tracing::info!(offset_ms = self.clock.offset_ms(), "clock synchronised");
-        Ok(self.clock.offset_ms())
+        tracing::info!(offset_ms = offset, "clock synchronised");
+        Ok(offset)
     }
 
     /// `GET /api/v3/ticker/price?symbol=...`
@@ -257,7 +389,19 @@ impl ExchangeClient {
     /// lost (a timeout, a 5xx) had in fact placed the order, the retry is refused as a
     /// duplicate; the client then fetches the order by that id and returns it, so a retry
     /// never places a second order and never reports a placed order as failed.
+    ///
+    /// The placement and that lookup are one operation: they share a correlation ID.
     pub async fn place_order(&self, order: &NewOrder) -> Result<OrderAck, ExchangeError> {
+        match CorrelationId::current() {
+            Some(_) => self.place_order_in_scope(order).await,
+            None => {
+                correlation::scope(CorrelationId::generate(), self.place_order_in_scope(order))
+                    .await
+            }
+        }
+    }
+
+    async fn place_order_in_scope(&self, order: &NewOrder) -> Result<OrderAck, ExchangeError> {
         let id = self.next_order_id.fetch_add(1, Ordering::Relaxed);
         let client_order_id = format!("palisade-{id}");
         let request = ApiRequest::new(Operation::PlaceOrder)
@@ -321,142 +465,139 @@ impl ExchangeClient {
         })
     }
 
-    /// TEMPORARY (issue 7 stopgap): palisade's `RetryLayer` is being written on another
-    /// branch. Until it lands this loop does its job, deciding only through the classifier:
-    /// retry transient failures (and unknown ones if the policy says `retry_unknown`), at
-    /// most `max_retries` times, within `timeout.total`, sleeping the exchange's retry-after
-    /// or the policy's backoff. No retry budget. Delete when the layer is in the stack.
+    /// Sends one call through its endpoint's stack and turns a failure into an
+    /// [`ExchangeError`]. Retries, waits and timeouts all happen inside the stack.
+    ///
+    /// The call runs under a correlation ID: the caller's, when it set one for a larger
+    /// operation (placing an order and looking it up), else a new one. The stack's transport
+    /// sends it in `x-request-id` with every try, and every log line of the call carries it
+    /// (the `call` span).
     async fn execute(&self, request: ApiRequest) -> Result<ApiResponse, ExchangeError> {
+        let id = CorrelationId::current().unwrap_or_else(CorrelationId::generate);
+        let span = tracing::info_span!(
+            "call",
+            correlation_id = id.as_str(),
+            operation = request.operation.as_str()
+        );
+        correlation::scope(id, self.execute_in_scope(request))
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_scope(&self, request: ApiRequest) -> Result<ApiResponse, ExchangeError> {
         let operation = request.operation;
-        let policy = Arc::clone(self.policies.for_operation(operation.policy()));
+        let trace = request.trace.clone();
         let started = Instant::now();
-        let deadline = started + policy.timeout.total;
-        let mut attempts = 0u32;
-        let mut previous_delay = policy.retry.base_delay;
+        self.lock_stats().call_started(operation);
+        let stack = self.endpoints[&operation].stack.clone();
+        let result = stack.oneshot(request).await;
+        let attempts = trace.tries().max(1);
+        let policy = self.policies.for_operation(operation.policy());
         {
             let mut stats = self.lock_stats();
-            stats.calls += 1;
-            stats.operations.entry(operation).or_default().calls += 1;
+            stats.call_latencies.push(started.elapsed());
+            *stats
+                .retries_by_policy
+                .entry(policy.name().to_owned())
+                .or_default() += attempts - 1;
         }
-        loop {
-            attempts += 1;
-            let mut stack = self.stack.clone();
-            let result = match stack.ready().await {
-                Ok(ready) => ready.call(request.clone()).await,
-                Err(e) => Err(e),
-            };
-            let outcome = self.classifier.outcome(result.as_ref());
-            {
-                let mut stats = self.lock_stats();
-                stats.attempts += 1;
-                stats.operations.entry(operation).or_default().attempts += 1;
-                if let Some(SendLatency(latency)) = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.extensions().get::<SendLatency>())
-                {
-                    stats.attempt_latencies.push(*latency);
-                }
-                if let Outcome::Failure(class) = &outcome {
-                    stats.attempt_failed(class);
-                }
-            }
-            let class = match outcome {
-                Outcome::Success | Outcome::Ignored => {
-                    let mut stats = self.lock_stats();
-                    stats.call_latencies.push(started.elapsed());
-                    if result.is_ok() {
-                        stats.succeeded += 1;
-                    }
-                    // An error nobody counts (none today) still reaches the caller.
-                    return result.map_err(|source| ExchangeError::Transport {
-                        operation,
-                        classification: Classification::unclassified(),
-                        attempts,
-                        source,
-                    });
-                }
-                Outcome::Failure(class) => class,
-            };
-            let retryable = class.is_transient()
-                || (class.transience == Transience::Unknown && policy.retry.retry_unknown);
-            let delay = self.backoff(&policy.retry, &class, &mut previous_delay, attempts);
-            // The governor holds the next attempt for the whole advertised wait, even when the
-            // backoff sleep is capped shorter: do not retry into a wait past the total budget.
-            let next_send = Instant::now() + class.retry_after.map_or(delay, |w| w.max(delay));
-            let in_time = next_send < deadline;
-            if !retryable || attempts > policy.retry.max_retries || !in_time {
-                log_failure(operation, &class, attempts);
-                let mut stats = self.lock_stats();
-                stats.call_failed(operation, &class);
-                stats.call_latencies.push(started.elapsed());
-                drop(stats);
-                return Err(self.error(operation, attempts, class, result));
-            }
-            tracing::info!(
+        if let Err(palisade::Error::BulkheadFull(full)) = &result {
+            // Refused before the retry layer: nothing was sent and no retry outcome recorded.
+            metrics::record_bulkhead_rejected(full.bulkhead.clone(), &full.reason);
+            let classification = full.classification();
+            tracing::warn!(
                 operation = operation.as_str(),
-                code = %class.code,
-                attempt = attempts,
-                delay_ms = delay.as_millis() as u64,
-                "transient failure; retrying"
+                bulkhead = &*full.bulkhead,
+                reason = %full.reason,
+                "call refused: the bulkhead is full"
             );
-            if class.code == "binance_-1021" {
-                // The exchange thinks our clock is off: learn its time before signing again.
-                self.lock_stats().time_resyncs += 1;
-                if let Err(e) = Box::pin(self.sync_time()).await {
-                    tracing::warn!(error = %e, "clock resync failed");
+            let mut stats = self.lock_stats();
+            *stats
+                .bulkhead_refusals
+                .entry(full.bulkhead.to_string())
+                .or_default() += 1;
+            stats.call_failed(operation, &classification);
+            drop(stats);
+            return Err(ExchangeError::Refused {
+                operation,
+                classification,
+                source: full.clone(),
+            });
+        }
+        if let Err(palisade::Error::Timeout(t)) = &result
+            && t.kind == TimeoutKind::Total
+        {
+            // Attempt timeouts are counted per try (`AttemptLog`); the total one here.
+            metrics::record_timeout(operation.as_str(), t.kind);
+        }
+        let class = match self.classifier.outcome(result.as_ref()) {
+            Outcome::Success | Outcome::Ignored => {
+                if result.is_ok() {
+                    self.lock_stats().succeeded += 1;
+                    metrics::record_retry(
+                        operation.as_str(),
+                        if attempts > 1 {
+                            RetryOutcomeKind::SucceededAfterRetry
+                        } else {
+                            RetryOutcomeKind::SucceededWithoutRetry
+                        },
+                    );
                 }
+                // An error nobody counts (none today) still reaches the caller.
+                return result.map_err(|source| ExchangeError::Transport {
+                    operation,
+                    classification: Classification::unclassified(),
+                    attempts,
+                    source,
+                });
             }
-            {
-                let mut stats = self.lock_stats();
-                stats.retries += 1;
-                stats.backoff_sleeps += 1;
-                stats.backoff_slept += delay;
-            }
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// The wait before the next attempt: the exchange's retry-after when it gave one (the
-    /// governor holds every call for the rest of a 429/418 pause), else the policy's backoff.
-    fn backoff(
-        &self,
-        retry: &RetryPolicy,
-        class: &Classification,
-        previous: &mut Duration,
-        attempt: u32,
-    ) -> Duration {
-        if let Some(after) = class.retry_after {
-            return after.min(retry.max_delay);
-        }
-        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let ceiling = retry
-            .base_delay
-            .mul_f64(retry.multiplier.max(1.0).powi(exponent).min(1e6))
-            .min(retry.max_delay);
-        let delay = match retry.jitter {
-            Jitter::None => ceiling,
-            Jitter::Full => ceiling.mul_f64(self.random()),
-            Jitter::Equal => ceiling / 2 + (ceiling / 2).mul_f64(self.random()),
-            Jitter::Decorrelated => {
-                let upper = previous.saturating_mul(3).max(retry.base_delay);
-                let span = upper.saturating_sub(retry.base_delay);
-                (retry.base_delay + span.mul_f64(self.random())).min(retry.max_delay)
-            }
+            Outcome::Failure(class) => class,
         };
-        *previous = delay;
-        delay
+        let stop = self.why_retry_stopped(operation, &result, &class, attempts);
+        if let Some(stop) = stop {
+            let mut stats = self.lock_stats();
+            *stats
+                .retry_stops
+                .entry((policy.name().to_owned(), stop.as_str()))
+                .or_default() += 1;
+        }
+        metrics::record_retry(
+            operation.as_str(),
+            match stop {
+                Some(RetryStop::BudgetExhausted) => RetryOutcomeKind::BudgetExhausted,
+                Some(_) => RetryOutcomeKind::FailedAfterRetries,
+                None if attempts > 1 => RetryOutcomeKind::FailedAfterRetries,
+                None => RetryOutcomeKind::NotRetryable,
+            },
+        );
+        log_failure(operation, &class, attempts);
+        self.lock_stats().call_failed(operation, &class);
+        Err(self.error(operation, attempts, class, result))
     }
 
-    /// A uniform number in [0, 1) from a seeded splitmix64, so a session replays exactly.
-    fn random(&self) -> f64 {
-        let mut state = self.jitter_state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+    /// Why the retry layer gave up on a retryable failure. For an error it says so itself;
+    /// an answer it hands back as it is, so the reason is worked out the same way it decides:
+    /// the policy's retry count, else the budget if it allows no retry now, else the deadline.
+    fn why_retry_stopped(
+        &self,
+        operation: Operation,
+        result: &Result<ApiResponse, crate::transport::StackError>,
+        class: &Classification,
+        attempts: u32,
+    ) -> Option<RetryStop> {
+        let policy = self.policies.for_operation(operation.policy());
+        match result {
+            Err(palisade::Error::Retried(r)) if r.stop != RetryStop::NotRetryable => Some(r.stop),
+            Err(palisade::Error::RetryBudgetExhausted(_)) => Some(RetryStop::BudgetExhausted),
+            Ok(_) if class.is_transient() => Some(if attempts > policy.retry.max_retries {
+                RetryStop::MaxRetries
+            } else if self.budgets[policy.name()].remaining() == 0 {
+                RetryStop::BudgetExhausted
+            } else {
+                RetryStop::Deadline
+            }),
+            _ => None,
+        }
     }
 
     fn error(

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use palisade::classify::{Classification, Classified};
+use palisade::error::BulkheadFull;
 
 use crate::transport::{Operation, StackError};
 
@@ -42,6 +43,16 @@ pub enum ExchangeError {
         /// The cause.
         source: StackError,
     },
+    /// Not sent: the policy's bulkhead was full (palisade's `BulkheadFull`), so the client
+    /// refused the call itself rather than pile more on the exchange.
+    Refused {
+        /// The endpoint.
+        operation: Operation,
+        /// The verdict (`bulkhead_full`: transient, the caller may try again later).
+        classification: Classification,
+        /// The bulkhead, its limits and why it refused.
+        source: BulkheadFull,
+    },
     /// The exchange answered success with a body the client cannot read.
     Decode {
         /// The endpoint.
@@ -57,6 +68,7 @@ impl ExchangeError {
         match self {
             ExchangeError::Rejected { operation, .. }
             | ExchangeError::Transport { operation, .. }
+            | ExchangeError::Refused { operation, .. }
             | ExchangeError::Decode { operation, .. } => *operation,
         }
     }
@@ -88,6 +100,7 @@ impl ExchangeError {
         match self {
             ExchangeError::Rejected { attempts, .. }
             | ExchangeError::Transport { attempts, .. } => *attempts,
+            ExchangeError::Refused { .. } => 0,
             ExchangeError::Decode { .. } => 1,
         }
     }
@@ -130,6 +143,15 @@ impl fmt::Display for ExchangeError {
                 f,
                 "{operation} failed after {attempts} attempt(s): {classification}: {source}"
             ),
+            ExchangeError::Refused {
+                operation,
+                classification,
+                source,
+            } => write!(
+                f,
+                "{operation} was not sent: {source} ({classification}). Suggestion: make fewer \
+                 calls at once, or raise the policy's bulkhead.max_concurrent in policies.yaml"
+            ),
             ExchangeError::Decode { operation, detail } => {
                 write!(
                     f,
@@ -144,6 +166,7 @@ impl std::error::Error for ExchangeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ExchangeError::Transport { source, .. } => Some(source),
+            ExchangeError::Refused { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -153,7 +176,8 @@ impl Classified for ExchangeError {
     fn classification(&self) -> Classification {
         match self {
             ExchangeError::Rejected { classification, .. }
-            | ExchangeError::Transport { classification, .. } => classification.clone(),
+            | ExchangeError::Transport { classification, .. }
+            | ExchangeError::Refused { classification, .. } => classification.clone(),
             ExchangeError::Decode { .. } => Classification::new(
                 palisade::classify::Transience::Persistent,
                 palisade::classify::Category::External,

@@ -9,7 +9,10 @@
 //! - before a request, adds its weight; if that would pass `threshold` of `limit`, it waits
 //!   until the window rolls over (by the exchange's clock, plus a small guard);
 //! - on a 429 or 418 pauses *every* further call until the time the exchange advertised
-//!   (`Retry-After`), because calls during a ban escalate it.
+//!   (`Retry-After`), because calls during a ban escalate it. A call whose deadline (palisade's
+//!   total timeout, read from the task's `Deadline`) ends before the pause does is not held
+//!   into its timeout: it is answered at once, locally, with the exchange's own refusal
+//!   (`-1003` and the `Retry-After` left), which the retry layer then declines to wait for.
 //!
 //! Waiting uses `tokio::time`, so tests run it on a paused clock. The governor holds its lock
 //! only to read and update a few counters, never across an `.await`; a caller dropped while
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use palisade::classify::Classify;
+use palisade::timeout::Deadline;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -83,6 +87,8 @@ pub struct GovernorStats {
     pub pause_waited: Duration,
     /// Pauses ordered (429 and 418 responses seen).
     pub pauses: u32,
+    /// Calls refused locally because the pause outlasted their deadline (never sent).
+    pub refused_past_deadline: u32,
     /// The highest used weight the exchange reported.
     pub peak_used_weight: u32,
 }
@@ -156,15 +162,22 @@ impl WeightGovernor {
         self.clock.now_ms().div_euclid(window_ms)
     }
 
-    /// Waits until a request of `weight` may be sent, then counts it.
-    pub async fn acquire(&self, weight: u32) {
+    /// Waits until a request of `weight` may be sent, then counts it. A pause that would
+    /// outlast the task's deadline is not waited for: returns the time it has left.
+    pub async fn acquire(&self, weight: u32) -> Result<(), Duration> {
         loop {
             let (until, why) = {
                 let mut state = self.lock();
                 match self.must_wait(&mut state, weight) {
                     None => {
                         state.used = state.used.saturating_add(weight);
-                        return;
+                        return Ok(());
+                    }
+                    Some((until, Wait::Pause))
+                        if Deadline::current().is_some_and(|d| until > d.instant()) =>
+                    {
+                        state.stats.refused_past_deadline += 1;
+                        return Err(until.saturating_duration_since(Instant::now()));
                     }
                     Some(wait) => wait,
                 }
@@ -335,7 +348,14 @@ where
         let governor = Arc::clone(&self.governor);
         let classifier = self.classifier.clone();
         Box::pin(async move {
-            governor.acquire(request.operation.weight()).await;
+            if let Err(left) = governor.acquire(request.operation.weight()).await {
+                tracing::info!(
+                    operation = request.operation.as_str(),
+                    pause_left_ms = left.as_millis() as u64,
+                    "the exchange's pause outlasts this call's deadline; not sent"
+                );
+                return Ok(local_refusal(left));
+            }
             let result = inner.call(request).await;
             if let Ok(response) = &result {
                 let outcome = classifier.outcome(Ok(response));
@@ -345,4 +365,26 @@ where
             result
         })
     }
+}
+
+/// The header marking an answer the governor made up instead of sending the request.
+pub const LOCAL_REFUSAL: &str = "x-local-refusal";
+
+/// The exchange's rate-limit refusal, answered locally: what the exchange would say to a
+/// request sent during its pause, with the wait left.
+pub fn local_refusal(left: Duration) -> ApiResponse {
+    let body = serde_json::json!({
+        "code": -1003,
+        "msg": "Not sent: the exchange's rate-limit pause outlasts this call's deadline.",
+    });
+    let mut response = http::Response::new(body.to_string().into_bytes());
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    response
+        .headers_mut()
+        .insert(LOCAL_REFUSAL, http::HeaderValue::from_static("governor"));
+    response
 }

@@ -9,12 +9,17 @@
 //!
 //! Every failure is judged by palisade's classifiers: the `binance` error-code table in
 //! `policies.yaml` (59 codes, each with a classification, a message and a suggestion), the
-//! HTTP status and `Retry-After`, and transport errors. Retry and timeouts follow the
-//! per-operation policies in the same file.
+//! HTTP status and `Retry-After`, and transport errors. palisade's own layers do the rest,
+//! from the per-operation policies in the same file: a bulkhead per policy, total and attempt
+//! timeouts, retry with a retry budget per policy, and a circuit breaker per endpoint. Every
+//! call runs under a correlation ID that each of its tries sends in `x-request-id`, and
+//! palisade's metrics go to a Prometheus recorder the report reads back (`--metrics` prints
+//! the whole text).
 //!
 //! ```text
 //! cargo run --example exchange_client
 //! cargo run --example exchange_client -- --seed 42 --requests 120 --log warn
+//! cargo run --example exchange_client -- --metrics
 //! cargo run --example exchange_client -- --help
 //! ```
 
@@ -26,13 +31,17 @@ mod client;
 mod clock;
 #[allow(dead_code)]
 mod error;
+mod exposition;
 #[allow(dead_code)]
 mod governor;
 #[allow(dead_code)]
 mod mock;
 #[allow(dead_code)]
 mod report;
+#[allow(dead_code)]
 mod session;
+#[allow(dead_code)]
+mod stack;
 mod transport;
 
 use std::collections::BTreeSet;
@@ -42,6 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use palisade::policy::Policies;
 use tokio::time::Instant;
 
@@ -50,7 +60,10 @@ use crate::clock::WallClock;
 use crate::governor::GovernorConfig;
 use crate::mock::{FaultPlan, MockConfig, MockExchange, SplitMix};
 use crate::report::Report;
-use crate::transport::{Credentials, Secret};
+use crate::transport::{Credentials, Operation, Secret};
+
+/// The step of the script at which the ticker endpoint goes down.
+const OUTAGE_STEP: u32 = 12;
 
 /// Runs a scripted trading session against a mock Binance-style exchange that injects
 /// faults, and prints what the client did about them.
@@ -76,9 +89,16 @@ struct Args {
     /// The fraction of the weight limit the client allows itself before it waits.
     #[arg(long, default_value_t = 0.8)]
     threshold: f64,
-    /// Run without injected faults.
+    /// Run without injected faults (and without the outage).
     #[arg(long)]
     no_faults: bool,
+    /// How long the ticker endpoint is down, from step 12 of the script (0: no outage). It
+    /// shows the endpoint's circuit breaker opening, probing and closing.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    outage: Duration,
+    /// Print the whole Prometheus exposition of palisade's metrics after the report.
+    #[arg(long)]
+    metrics: bool,
     /// Log level of the client's events: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -102,6 +122,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // palisade's metrics go to a Prometheus recorder (no HTTP listener: the report renders
+    // it). Installed before the client is built: the breakers set their state gauges then.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("palisade_request_duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0,
+            ],
+        )?
+        .install_recorder()?;
+    palisade::metrics::describe();
     let policies = Arc::new(Policies::from_path(&args.policies)?);
     let slow = policies.for_operation("exchange_public").timeout.attempt + Duration::from_secs(1);
 
@@ -145,12 +176,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let started = Instant::now();
-    let outcome = session::run(&client, args.requests).await;
+    let outage = if args.no_faults {
+        Duration::ZERO
+    } else {
+        args.outage
+    };
+    let outcome = session::run_with(&client, args.requests, |step| {
+        if step == OUTAGE_STEP && !outage.is_zero() {
+            println!(
+                "step {step}: the exchange's ticker endpoint goes down for {}",
+                humantime::format_duration(outage)
+            );
+            mock.outage(Operation::TickerPrice, outage);
+        }
+    })
+    .await;
     let report = Report {
         seed: args.seed,
         calls: client.stats(),
         governor: client.governor().stats(),
         budget: (client.governor().config().budget(), args.weight_limit),
+        budgets: client.budgets(),
+        breakers: client.breakers(),
+        bulkheads: client.bulkheads(),
         exchange: mock.stats(),
         elapsed: started.elapsed(),
     };
@@ -162,6 +210,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         outcome.orders_cancelled,
         mock.open_orders()
     );
+    let exposition = prometheus.render();
+    print!("{}", exposition::summary(&exposition));
     println!("what a user was told (first error of each code)");
     let mut seen = BTreeSet::new();
     for error in &outcome.errors {
@@ -169,6 +219,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if seen.insert(code.to_string()) {
             println!("  - {error}");
         }
+    }
+    if args.metrics {
+        println!();
+        println!("Prometheus exposition of palisade's metrics");
+        print!("{exposition}");
     }
     Ok(())
 }

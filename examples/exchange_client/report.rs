@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use palisade::circuit_breaker::{CircuitState, Transition};
 use palisade::classify::{Category, Classification, Transience};
 
 use crate::governor::GovernorStats;
@@ -37,10 +38,16 @@ pub struct CallStats {
     pub calls: u32,
     /// Calls that succeeded (possibly after retries).
     pub succeeded: u32,
-    /// Attempts made.
+    /// Attempts sent to the exchange.
     pub attempts: u32,
-    /// Attempts that were retries.
+    /// Tries that were retries (including any the circuit breaker refused).
     pub retries: u32,
+    /// Retries by policy (each policy has its own retry budget).
+    pub retries_by_policy: BTreeMap<String, u32>,
+    /// Why the retry layer gave up on a retryable failure, by policy and reason.
+    pub retry_stops: BTreeMap<(String, &'static str), u32>,
+    /// Tries refused by an open circuit breaker (not sent).
+    pub breaker_refusals: u32,
     /// Backoff sleeps between attempts, and their total.
     pub backoff_sleeps: u32,
     /// Time slept in backoff.
@@ -60,9 +67,17 @@ pub struct CallStats {
     pub final_errors: BTreeMap<(Category, String), u32>,
     /// Per operation.
     pub operations: BTreeMap<Operation, OperationStats>,
+    /// Calls refused by a full bulkhead, by bulkhead.
+    pub bulkhead_refusals: BTreeMap<String, u32>,
 }
 
 impl CallStats {
+    /// Counts a call.
+    pub fn call_started(&mut self, operation: Operation) {
+        self.calls += 1;
+        self.operations.entry(operation).or_default().calls += 1;
+    }
+
     /// Counts a failed attempt.
     pub fn attempt_failed(&mut self, class: &Classification) {
         let entry = self
@@ -122,6 +137,53 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// One bulkhead at the end of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkheadReport {
+    /// Its name (the policy, or the partition it names).
+    pub name: String,
+    /// Calls allowed in flight.
+    pub max_concurrent: usize,
+    /// Calls allowed to wait for a permit.
+    pub max_queue: usize,
+    /// Permits free now.
+    pub available: usize,
+    /// Calls it refused.
+    pub refused: u32,
+}
+
+/// One policy's retry budget at the end of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetReport {
+    /// The policy.
+    pub policy: String,
+    /// Retries the budget would allow right now (`RetryBudget::remaining`).
+    pub remaining: u64,
+    /// Retries taken under it.
+    pub retries: u32,
+    /// Retries it refused.
+    pub refused: u32,
+}
+
+/// One endpoint's circuit breaker at the end of the session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerReport {
+    /// The breaker's name (`policy:endpoint`).
+    pub name: String,
+    /// Its state now.
+    pub state: CircuitState,
+    /// Calls it recorded in its window.
+    pub calls: u64,
+    /// Counted failures in its window.
+    pub failures: u64,
+    /// Calls it refused while open.
+    pub rejections: u64,
+    /// Its transitions, from its event stream.
+    pub transitions: Vec<Transition>,
+    /// Events the stream dropped because nobody read them in time (all breakers).
+    pub lagged: u64,
+}
+
 /// The end-of-session report.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -133,6 +195,12 @@ pub struct Report {
     pub governor: GovernorStats,
     /// The weight budget the governor kept to, and the exchange's limit.
     pub budget: (u32, u32),
+    /// The retry budgets.
+    pub budgets: Vec<BudgetReport>,
+    /// The circuit breakers.
+    pub breakers: Vec<BreakerReport>,
+    /// The bulkheads.
+    pub bulkheads: Vec<BulkheadReport>,
     /// What the mock exchange saw.
     pub exchange: MockStats,
     /// Wall time of the session.
@@ -196,14 +264,92 @@ impl fmt::Display for Report {
             g.pause_waits,
             ms(g.pause_waited)
         )?;
+        write!(f, "retry budget")?;
+        for (i, b) in self.budgets.iter().enumerate() {
+            let allows = if b.remaining == u64::MAX {
+                "unlimited".to_owned()
+            } else {
+                b.remaining.to_string()
+            };
+            writeln!(
+                f,
+                "{}{:<17} retries taken {:>3}   refused {:>3}   allows {} more now",
+                if i == 0 { " " } else { "             " },
+                b.policy,
+                b.retries,
+                b.refused,
+                allows
+            )?;
+        }
+        if self.budgets.is_empty() {
+            writeln!(f)?;
+        }
+        let stops: Vec<String> = c
+            .retry_stops
+            .iter()
+            .map(|((policy, why), n)| format!("{policy} {why} {n}"))
+            .collect();
         writeln!(
             f,
-            "retry budget n/a: palisade's RetryLayer (with its budget) is not on this branch yet"
+            "retry stops  {}",
+            if stops.is_empty() {
+                "none: every retryable failure was retried until it succeeded".to_owned()
+            } else {
+                stops.join(", ")
+            }
         )?;
+        let opened: u64 = self
+            .breakers
+            .iter()
+            .flat_map(|b| &b.transitions)
+            .filter(|t| t.to == CircuitState::Open && t.from != CircuitState::Open)
+            .count() as u64;
         writeln!(
             f,
-            "breaker      n/a: palisade's CircuitBreakerLayer is not on this branch yet"
+            "breakers     {} endpoints   opened {} times   tries refused while open {}",
+            self.breakers.len(),
+            opened,
+            c.breaker_refusals
         )?;
+        for b in &self.breakers {
+            if b.transitions.is_empty() && b.rejections == 0 && b.failures == 0 {
+                continue;
+            }
+            let path: Vec<String> = b
+                .transitions
+                .iter()
+                .map(|t| format!("{} -> {} ({:?})", t.from, t.to, t.reason))
+                .collect();
+            writeln!(
+                f,
+                "  {:<28} {:<9} window {} calls, {} failures; refused {}{}",
+                b.name,
+                b.state.to_string(),
+                b.calls,
+                b.failures,
+                b.rejections,
+                if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", path.join(", "))
+                }
+            )?;
+        }
+        if let Some(lagged) = self.breakers.first().map(|b| b.lagged).filter(|&n| n > 0) {
+            writeln!(f, "  ({lagged} breaker events dropped unread)")?;
+        }
+        for (n, b) in self.bulkheads.iter().enumerate() {
+            writeln!(
+                f,
+                "{:<12} {:<17} {} in flight + {} queued at most   free now {:>2}   refused {}",
+                if n == 0 { "bulkheads" } else { "" },
+                b.name,
+                b.max_concurrent,
+                b.max_queue,
+                b.available,
+                b.refused
+            )?;
+        }
         writeln!(
             f,
             "latency      answered = one attempt, send to answer; call = waits and retries included"
@@ -245,9 +391,10 @@ impl fmt::Display for Report {
         let e = &self.exchange;
         writeln!(
             f,
-            "mock exchange: {} requests, faults injected {}, refused for weight {}, requests during a pause {}, orders placed {}",
+            "mock exchange: {} requests, faults injected {}, outage answers {}, refused for weight {}, requests during a pause {}, orders placed {}",
             e.requests,
             e.faults_injected,
+            e.outage_answers,
             e.weight_refusals,
             e.requests_during_pause,
             e.orders_placed

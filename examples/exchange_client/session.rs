@@ -47,6 +47,16 @@ fn resting_bid(price: &str) -> String {
 /// Runs the script until the client has made `calls` calls (a few more when a step needs
 /// two), then cancels whatever it left open.
 pub async fn run(client: &ExchangeClient, calls: u32) -> SessionOutcome {
+    run_with(client, calls, |_| {}).await
+}
+
+/// [`run`], calling `before_step` with the step's number before each step (the program uses
+/// it to start an outage at a given point of the script).
+pub async fn run_with(
+    client: &ExchangeClient,
+    calls: u32,
+    mut before_step: impl FnMut(u32),
+) -> SessionOutcome {
     let mut out = SessionOutcome::default();
     out.note(client.ping().await);
     out.note(client.sync_time().await);
@@ -56,6 +66,7 @@ pub async fn run(client: &ExchangeClient, calls: u32) -> SessionOutcome {
     let mut last_cancelled: Option<(String, u64)> = None;
     let mut step = 0u32;
     while client.stats().calls < calls {
+        before_step(step);
         let (symbol, quantity) = MARKETS[(step as usize / 10) % MARKETS.len()];
         match step % 10 {
             0 | 1 | 2 | 4 | 6 => {

@@ -4,6 +4,10 @@
 //! `timestamp` (a retry after a minute's pause would otherwise be refused with `-1021`).
 //! Secrets live in [`Secret`]s whose `Debug` is redacted; the signed URL is never logged, and
 //! transport errors drop it (`reqwest::Error::without_url`) before anyone can print them.
+//!
+//! Each attempt leaves through palisade's [`PropagateCorrelation`], which copies the
+//! call's correlation ID (the task-local one the client sets per call) into `x-request-id`:
+//! every try of one call carries the same ID, so the exchange's logs and ours line up.
 
 use std::fmt;
 use std::future::Future;
@@ -13,10 +17,9 @@ use std::task::{Context, Poll};
 
 use hmac::{Hmac, Mac};
 use http::{HeaderValue, Method};
-use palisade::error::{TimeoutError, TimeoutKind};
-use palisade::policy::Policies;
+use palisade::correlation::{PropagateCorrelation, PropagateCorrelationLayer};
 use sha2::Sha256;
-use tower::Service;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::clock::ServerClock;
 
@@ -36,13 +39,19 @@ pub struct SendLatency(pub std::time::Duration);
 
 /// A request could not be sent or its answer not read. Never holds the request's URL.
 #[derive(Debug, thiserror::Error)]
-#[error("transport error")]
-pub struct TransportError(#[source] reqwest::Error);
+pub enum TransportError {
+    /// reqwest failed to send or read.
+    #[error("transport error")]
+    Reqwest(#[source] reqwest::Error),
+    /// The request could not be built (never for the URLs the client makes).
+    #[error("the request could not be built")]
+    InvalidRequest,
+}
 
 impl TransportError {
     /// Wraps a reqwest error, dropping the URL it carries (a signed URL holds the signature).
     pub fn from_reqwest(err: reqwest::Error) -> Self {
-        TransportError(err.without_url())
+        TransportError::Reqwest(err.without_url())
     }
 }
 
@@ -249,12 +258,51 @@ impl fmt::Display for Operation {
 }
 
 /// An unsigned request: cheap to clone, so each attempt signs its own copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ApiRequest {
     /// The endpoint.
     pub operation: Operation,
     /// Query parameters, in order, without `timestamp`, `recvWindow` and `signature`.
     pub params: Vec<(&'static str, String)>,
+    /// Shared by every copy the retry layer sends: counts the call's tries.
+    pub trace: CallTrace,
+}
+
+/// What the tries of one call share (each retry sends a clone of the request).
+#[derive(Clone, Debug, Default)]
+pub struct CallTrace(Arc<std::sync::Mutex<TraceState>>);
+
+#[derive(Debug, Default)]
+struct TraceState {
+    tries: u32,
+    last_end: Option<tokio::time::Instant>,
+}
+
+impl CallTrace {
+    fn state(&self) -> std::sync::MutexGuard<'_, TraceState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a try starting `now`; for a retry, returns the wait since the previous try
+    /// ended (the retry's backoff).
+    pub fn start_try(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
+        let mut state = self.state();
+        state.tries += 1;
+        state
+            .last_end
+            .take()
+            .map(|end| now.saturating_duration_since(end))
+    }
+
+    /// Notes that a try ended `now`.
+    pub fn end_try(&self, now: tokio::time::Instant) {
+        self.state().last_end = Some(now);
+    }
+
+    /// Tries made so far (including any the circuit breaker refused).
+    pub fn tries(&self) -> u32 {
+        self.state().tries
+    }
 }
 
 impl ApiRequest {
@@ -263,6 +311,7 @@ impl ApiRequest {
         ApiRequest {
             operation,
             params: Vec::new(),
+            trace: CallTrace::default(),
         }
     }
 
@@ -274,12 +323,33 @@ impl ApiRequest {
     }
 }
 
+/// Sends an `http::Request` with reqwest: the service palisade's
+/// [`PropagateCorrelationLayer`] wraps (its `reqwest::Request` support needs palisade's
+/// `reqwest` feature, which the example does not require).
+#[derive(Clone, Debug)]
+pub struct HttpSend(reqwest::Client);
+
+impl Service<http::Request<Vec<u8>>> for HttpSend {
+    type Response = reqwest::Response;
+    type Error = reqwest::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<reqwest::Response, reqwest::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), reqwest::Error>> {
+        // reqwest's client pools connections itself and is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Vec<u8>>) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move { client.execute(reqwest::Request::try_from(request)?).await })
+    }
+}
+
 struct Inner {
-    http: reqwest::Client,
+    http: PropagateCorrelation<HttpSend>,
     base_url: String,
     credentials: Credentials,
     clock: Arc<ServerClock>,
-    policies: Arc<Policies>,
     recv_window_ms: u64,
 }
 
@@ -305,16 +375,14 @@ impl RestTransport {
         base_url: impl Into<String>,
         credentials: Credentials,
         clock: Arc<ServerClock>,
-        policies: Arc<Policies>,
         recv_window_ms: u64,
     ) -> Self {
         RestTransport {
             inner: Arc::new(Inner {
-                http: reqwest::Client::new(),
+                http: PropagateCorrelationLayer::new().layer(HttpSend(reqwest::Client::new())),
                 base_url: base_url.into(),
                 credentials,
                 clock,
-                policies,
                 recv_window_ms,
             }),
         }
@@ -357,14 +425,20 @@ impl Inner {
     async fn send(&self, request: ApiRequest) -> Result<ApiResponse, StackError> {
         let op = request.operation;
         let url = self.url(&request);
-        let mut builder = self.http.request(op.method(), url);
+        let mut builder = http::Request::builder().method(op.method()).uri(url);
         if op.signed() {
             builder = builder.header(X_MBX_APIKEY, self.credentials.header.clone());
         }
+        // The URL is ours and valid; a failure here would only name the request, not the URL.
+        let request = builder
+            .body(Vec::new())
+            .map_err(|_| palisade::Error::Inner(TransportError::InvalidRequest))?;
         tracing::debug!(operation = op.as_str(), "sending");
         let sent = tokio::time::Instant::now();
-        let response = builder
-            .send()
+        let response = self
+            .http
+            .clone()
+            .oneshot(request)
             .await
             .map_err(|e| palisade::Error::Inner(TransportError::from_reqwest(e)))?;
         let status = response.status();
@@ -384,24 +458,6 @@ impl Inner {
         answer.extensions_mut().insert(SendLatency(sent.elapsed()));
         Ok(answer)
     }
-
-    /// TEMPORARY (issue 7 stopgap): stands in for palisade's attempt `TimeoutLayer`, which is
-    /// being written on another branch. Delete when the layer lands in the stack.
-    async fn send_within_attempt_limit(
-        &self,
-        request: ApiRequest,
-    ) -> Result<ApiResponse, StackError> {
-        let policy = self.policies.for_operation(request.operation.policy());
-        let limit = policy.timeout.attempt;
-        match tokio::time::timeout(limit, self.send(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(palisade::Error::Timeout(TimeoutError {
-                kind: TimeoutKind::Attempt,
-                operation: policy.name_arc().clone(),
-                limit,
-            })),
-        }
-    }
 }
 
 impl Service<ApiRequest> for RestTransport {
@@ -416,6 +472,6 @@ impl Service<ApiRequest> for RestTransport {
 
     fn call(&mut self, request: ApiRequest) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.send_within_attempt_limit(request).await })
+        Box::pin(async move { inner.send(request).await })
     }
 }

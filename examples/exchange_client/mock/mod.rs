@@ -23,6 +23,7 @@ use axum::body::Body;
 use axum::extract::State as Extract;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use palisade::correlation::{CorrelationId, CorrelationLayer};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -92,6 +93,9 @@ pub struct Arrival {
     pub at: Instant,
     /// The status answered.
     pub status: u16,
+    /// The request's correlation ID (`x-request-id`), as palisade's `CorrelationLayer` in
+    /// front of the mock accepted it (a request without one gets a generated ID).
+    pub request_id: Option<String>,
 }
 
 /// What the mock saw and did.
@@ -115,6 +119,8 @@ pub struct MockStats {
     pub signatures: Vec<String>,
     /// The highest weight counted in one window.
     pub peak_weight: u32,
+    /// Requests answered 503 because their endpoint was in an outage.
+    pub outage_answers: u64,
 }
 
 #[derive(Debug)]
@@ -124,6 +130,8 @@ struct Book {
     paused_until: Option<Instant>,
     /// A signed-only fault scheduled on an unsigned request, waiting for a signed one.
     deferred: Option<Fault>,
+    /// An endpoint that answers 503 to everything until a time.
+    outage: Option<(Operation, Instant)>,
     balances: BTreeMap<String, (i128, i128)>,
     orders: BTreeMap<u64, Order>,
     by_client_id: HashMap<String, u64>,
@@ -172,6 +180,7 @@ impl MockExchange {
                 used: 0,
                 paused_until: None,
                 deferred: None,
+                outage: None,
                 balances,
                 orders: BTreeMap::new(),
                 by_client_id: HashMap::new(),
@@ -184,9 +193,12 @@ impl MockExchange {
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        // palisade's server side of correlation: the client's `x-request-id` (validated) is
+        // the handler's task-local ID and is echoed on the answer.
         let app = Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&shared));
+            .with_state(Arc::clone(&shared))
+            .layer(CorrelationLayer::new());
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "mock exchange stopped");
@@ -203,6 +215,12 @@ impl MockExchange {
     /// A copy of what it saw.
     pub fn stats(&self) -> MockStats {
         self.shared.lock().stats.clone()
+    }
+
+    /// From now on and for `duration`, every request to `operation` is answered with a bare
+    /// 503 (a load balancer with no healthy backend): an outage of one endpoint.
+    pub fn outage(&self, operation: Operation, duration: Duration) {
+        self.shared.lock().outage = Some((operation, Instant::now() + duration));
     }
 
     /// Orders still open.
@@ -329,11 +347,20 @@ impl Shared {
         let window_end = self.config.clock.instant_at((index + 1) * window_ms);
 
         let answer = self.decide(&mut state, number, operation, uri, headers, now, window_end);
+        let request_id = CorrelationId::current();
+        tracing::debug!(
+            request_id = request_id.as_ref().map(CorrelationId::as_str),
+            number,
+            operation = operation.map(Operation::as_str),
+            status = answer.status.as_u16(),
+            "mock exchange answered"
+        );
         state.stats.arrivals.push(Arrival {
             number,
             operation,
             at: now,
             status: answer.status.as_u16(),
+            request_id: request_id.map(|id| id.as_str().to_owned()),
         });
         let used = state.used;
         (answer, used)
@@ -361,6 +388,19 @@ impl Shared {
             state.stats.weight_refusals += 1;
             state.paused_until = Some(window_end);
             return Answer::error(429, -1003, TOO_MUCH).waiting(window_end - now);
+        }
+        if let Some((down, until)) = state.outage
+            && Some(down) == operation
+            && now < until
+        {
+            state.stats.outage_answers += 1;
+            return Answer {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: "<html><body><h1>503 Service Unavailable</h1></body></html>".into(),
+                retry_after: None,
+                delay: None,
+                html: true,
+            };
         }
         let signed = operation.is_some_and(Operation::signed);
         let mut delay = None;
