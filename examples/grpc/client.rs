@@ -97,7 +97,9 @@ impl QuoteClient {
             grpc: tonic::client::Grpc::new(tower::Layer::layer(&PropagateDeadlineLayer, channel)),
             attempts: Arc::clone(&attempts),
         };
+        // Typed calls, not HTTP requests: the server-side correlation layer does not apply.
         let stack = ResilienceLayer::from_policies(policies, GrpcStatus::default())
+            .without_correlation()
             .with_replay(CloneRequest)
             .with_select(ByCall);
         let handle = stack.handle();

@@ -344,7 +344,9 @@ impl Db {
             permits: Arc::new(Semaphore::new(size)),
             config,
         });
+        // Not an HTTP request: no correlation layer of its own (the caller's ID is in scope).
         let layer = ResilienceLayer::new(store, DatabaseFailures)
+            .without_correlation()
             .with_select(ByName::new(DATABASE_OPERATION))
             .with_replay(CloneRequest);
         Ok(Db {
