@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::events::{CircuitState, OperatorMode, Transition, TransitionReason};
 use super::metrics::BreakerMetrics;
 use super::settings::{PROBE_LIMIT, Settings, nanos};
+use super::tick::{self, Coarse, UNAVAILABLE};
 use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
 use crate::policy::CircuitBreakerPolicy;
@@ -120,6 +121,9 @@ struct Padded<T>(T);
 #[derive(Debug)]
 pub(crate) struct Breaker {
     word: Padded<AtomicU64>,
+    /// The ticker's time (see [`tick`]): read by every success and rejection, written a few
+    /// times a second, so on a line of its own.
+    coarse: Padded<Coarse>,
     window: Window,
     pub(crate) settings: Settings,
     pub(crate) name: Arc<str>,
@@ -195,6 +199,7 @@ impl Breaker {
         Breaker {
             metrics: BreakerMetrics::new(&name, mode),
             word: Padded(AtomicU64::new(mode.bits() << MODE_SHIFT)),
+            coarse: Padded(Coarse::unavailable()),
             window,
             settings,
             name,
@@ -221,6 +226,24 @@ impl Breaker {
         nanos(Instant::now().saturating_duration_since(self.base))
     }
 
+    /// The ticker's time.
+    pub(crate) fn coarse(&self) -> &Coarse {
+        &self.coarse.0
+    }
+
+    /// The ticker's work: reads the clock, stores the time and the bucket for the hot paths,
+    /// and says when to do it again. Under the transition lock, so that a reconfiguration
+    /// changing the bucket width cannot be overwritten by a bucket of the old width.
+    pub(crate) fn tick(&self) -> Instant {
+        let _slow = self.lock();
+        let now = self.now().min(UNAVAILABLE - 1);
+        let width = self.window.bucket_width();
+        let bucket = if width == 0 { UNAVAILABLE } else { now / width };
+        self.coarse.0.bucket.store(bucket, Ordering::Relaxed);
+        self.coarse.0.now.store(now, Ordering::Relaxed);
+        tick::next_wake(self.base, now, width)
+    }
+
     #[inline]
     pub(crate) fn needs_start_time(&self) -> bool {
         self.settings.slow_call().is_some()
@@ -242,6 +265,16 @@ impl Breaker {
         if word & FAST_MASK == CLOSED {
             return Admission::Closed(gen_of(word));
         }
+        if word & FAST_MASK == OPEN {
+            // Open, normal mode: the rejection's own fast path, as in `admit_slow`.
+            let until = self.open_until.load(Ordering::Acquire);
+            let coarse = self.coarse.0.now.load(Ordering::Relaxed);
+            if coarse.saturating_add(tick::MAX_GRAIN) < until {
+                self.rejections.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected();
+                return Admission::Reject(Duration::from_nanos(until - coarse));
+            }
+        }
         self.admit_slow(word)
     }
 
@@ -261,8 +294,15 @@ impl Breaker {
             match state_of(word) {
                 CLOSED => return Admission::Closed(gen_of(word)),
                 OPEN => {
-                    let now = self.now();
                     let until = self.open_until.load(Ordering::Acquire);
+                    // Clearly not over by the ticker's time: no clock read. Near the end (or
+                    // without a ticker) the precise clock decides, so the period ends when it
+                    // did before, give or take the ticker's lag.
+                    let coarse = self.coarse.0.now.load(Ordering::Relaxed);
+                    if coarse.saturating_add(tick::MAX_GRAIN) < until {
+                        return self.reject(shadow, until - coarse);
+                    }
+                    let now = self.now();
                     if now < until {
                         return self.reject(shadow, until - now);
                     }
@@ -343,7 +383,8 @@ impl Breaker {
         }
         // A success only needs to know its bucket: the window reads the clock only if it is a
         // time window, and then only to find the bucket.
-        self.window.record_success(self.base, now, stripe);
+        self.window
+            .record_success(self.base, &self.coarse.0.bucket, now, stripe);
         if count_of(word) != 0 {
             self.clear_consecutive(word, generation);
         }
@@ -679,6 +720,9 @@ impl Breaker {
         self.settings.store(policy);
         let reshaped = !self.window.same_shape(policy);
         if reshaped {
+            // Successes read the precise clock until the ticker's next wake gives a bucket
+            // of the new width.
+            self.coarse.0.bucket.store(UNAVAILABLE, Ordering::Relaxed);
             self.window.reshape(policy);
         }
         tracing::info!(
@@ -898,8 +942,12 @@ pub(crate) struct Shards {
 impl Shards {
     /// `recycle`: whether calls may keep a spare reference per thread (not for keyed breakers,
     /// which are evicted only when nothing else holds them).
+    /// Non-keyed breakers start their ticker here (see [`tick`]); keyed ones read the clock.
     pub(crate) fn new(breaker: Breaker, recycle: bool) -> Self {
         let breaker = Arc::new(breaker);
+        if recycle {
+            tick::start(&breaker);
+        }
         let shards = (0..window::stripe_count())
             .map(|stripe| {
                 Arc::new(Shard {

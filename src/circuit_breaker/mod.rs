@@ -148,6 +148,7 @@ mod metrics;
 mod registry;
 mod service;
 mod settings;
+mod tick;
 mod window;
 
 pub use counted::CountedFailures;

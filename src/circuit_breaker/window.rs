@@ -127,6 +127,15 @@ impl Window {
         }
     }
 
+    /// The time window's bucket width in nanoseconds; 0 for a count window.
+    pub(crate) fn bucket_width(&self) -> u64 {
+        if self.counting() {
+            0
+        } else {
+            self.time.width()
+        }
+    }
+
     /// Whether recording needs the clock.
     #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
@@ -134,16 +143,26 @@ impl Window {
     }
 
     /// Records a plain success: the hot path, which reads the window's kind once. `now` is the
-    /// time in nanoseconds since `base` if the caller has read the clock already; a time
-    /// window reads it otherwise, a count window never.
+    /// time in nanoseconds since `base` if the caller has read the clock already; else a time
+    /// window takes the ticker's bucket (`coarse`, see [`super::tick`]) and reads the clock
+    /// only when there is none. A count window never needs the time.
     #[inline]
-    pub(crate) fn record_success(&self, base: Instant, now: Option<u64>, stripe: usize) {
+    pub(crate) fn record_success(
+        &self,
+        base: Instant,
+        coarse: &AtomicU64,
+        now: Option<u64>,
+        stripe: usize,
+    ) {
         if self.counting() {
             self.count.record(Sample::SUCCESS)
         } else {
             let tick = match now {
                 Some(now) => now / self.time.width(),
-                None => self.time.bucket_tick(base, Instant::now()),
+                None => match coarse.load(Ordering::Relaxed) {
+                    super::tick::UNAVAILABLE => self.time.bucket_tick(base, Instant::now()),
+                    tick => tick,
+                },
             };
             self.time.record_tick(tick, Sample::SUCCESS, stripe)
         }
@@ -357,6 +376,16 @@ impl TimeWindow {
                 // The common case: one uncontended-or-not add. A bucket that rolls over between
                 // the load and the add takes this call into the new tick, which is when it ended.
                 bucket.fetch_add(add, Ordering::Relaxed);
+                return;
+            }
+            let seen = current >> EPOCH_SHIFT;
+            if !same_tick
+                && field(current, TOTAL_SHIFT) != 0
+                && seen.wrapping_sub(epoch) & EPOCH_MASK < TIME_BUCKETS
+            {
+                // The bucket already holds a later tick of the same window: this sample's
+                // tick is stale (a thread or the ticker ran late by most of a window).
+                // Starting the bucket afresh would erase newer calls; the late one is dropped.
                 return;
             }
             let next = if same_tick {
