@@ -129,6 +129,9 @@ pub(crate) struct Breaker {
     pub(crate) name: Arc<str>,
     base: Instant,
     open_until: AtomicU64,
+    /// When the current open period began: a rejection judged on the ticker's time reports
+    /// the wait from the later of the two, so never more than the open time.
+    opened_at: AtomicU64,
     half_open_deadline: AtomicU64,
     rejections: AtomicU64,
     shadow_rejections: AtomicU64,
@@ -205,6 +208,7 @@ impl Breaker {
             name,
             base,
             open_until: AtomicU64::new(0),
+            opened_at: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             shadow_rejections: AtomicU64::new(0),
@@ -265,17 +269,32 @@ impl Breaker {
         if word & FAST_MASK == CLOSED {
             return Admission::Closed(gen_of(word));
         }
-        if word & FAST_MASK == OPEN {
-            // Open, normal mode: the rejection's own fast path, as in `admit_slow`.
-            let until = self.open_until.load(Ordering::Acquire);
-            let coarse = self.coarse.0.now.load(Ordering::Relaxed);
-            if coarse.saturating_add(tick::MAX_GRAIN) < until {
-                self.rejections.fetch_add(1, Ordering::Relaxed);
-                self.metrics.rejected();
-                return Admission::Reject(Duration::from_nanos(until - coarse));
-            }
+        if word & FAST_MASK == OPEN
+            && let Some(wait) = self.clearly_open()
+        {
+            // Open, normal mode, and clearly so: the rejection's own fast path.
+            self.rejections.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected();
+            return Admission::Reject(wait);
         }
         self.admit_slow(word)
+    }
+
+    /// The wait until the next probe if, by the ticker's time, the open period is clearly not
+    /// over (more than the ticker's grain is left); `None` near its end or without a ticker,
+    /// when the precise clock must decide. The wait is counted from the ticker's time or the
+    /// start of the period, whichever is later: at most the grain too long, never longer than
+    /// the open time.
+    #[inline]
+    fn clearly_open(&self) -> Option<Duration> {
+        let until = self.open_until.load(Ordering::Acquire);
+        let coarse = self.coarse.0.now.load(Ordering::Relaxed);
+        if coarse.saturating_add(tick::MAX_GRAIN) < until {
+            let since = coarse.max(self.opened_at.load(Ordering::Relaxed));
+            Some(Duration::from_nanos(until.saturating_sub(since)))
+        } else {
+            None
+        }
     }
 
     #[cold]
@@ -294,14 +313,13 @@ impl Breaker {
             match state_of(word) {
                 CLOSED => return Admission::Closed(gen_of(word)),
                 OPEN => {
-                    let until = self.open_until.load(Ordering::Acquire);
                     // Clearly not over by the ticker's time: no clock read. Near the end (or
                     // without a ticker) the precise clock decides, so the period ends when it
                     // did before, give or take the ticker's lag.
-                    let coarse = self.coarse.0.now.load(Ordering::Relaxed);
-                    if coarse.saturating_add(tick::MAX_GRAIN) < until {
-                        return self.reject(shadow, until - coarse);
+                    if let Some(wait) = self.clearly_open() {
+                        return self.reject(shadow, wait);
                     }
+                    let until = self.open_until.load(Ordering::Acquire);
                     let now = self.now();
                     if now < until {
                         return self.reject(shadow, until - now);
@@ -633,6 +651,7 @@ impl Breaker {
             return;
         }
         let open = self.open_for(slow);
+        self.opened_at.store(now, Ordering::Relaxed);
         self.open_until
             .store(now.saturating_add(nanos(open)), Ordering::Release);
         if self.swap_state(generation, from, OPEN, 0).is_some() {
