@@ -242,7 +242,7 @@ impl Breaker {
         let _slow = self.lock();
         let now = self.now().min(UNAVAILABLE - 1);
         let width = self.window.bucket_width();
-        let bucket = if width == 0 { UNAVAILABLE } else { now / width };
+        let bucket = now.checked_div(width).unwrap_or(UNAVAILABLE);
         self.coarse.0.bucket.store(bucket, Ordering::Relaxed);
         self.coarse.0.now.store(now, Ordering::Relaxed);
         tick::next_wake(self.base, now, width)

@@ -138,9 +138,8 @@ async fn run(guard: Guard) {
 /// if that comes first.
 pub(crate) fn next_wake(base: Instant, now: u64, width: u64) -> Instant {
     let mut next = now.saturating_add(grain(width));
-    if width != 0 {
-        let boundary = (now / width).saturating_add(1).saturating_mul(width);
-        next = next.min(boundary);
+    if let Some(bucket) = now.checked_div(width) {
+        next = next.min(bucket.saturating_add(1).saturating_mul(width));
     }
     base.checked_add(Duration::from_nanos(next))
         .unwrap_or_else(|| Instant::now() + Duration::from_nanos(MAX_GRAIN))
