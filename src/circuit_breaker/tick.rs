@@ -209,6 +209,95 @@ mod tests {
         assert!(eventually(&rt, || rt.metrics().num_alive_tasks() == 0));
     }
 
+    fn paused() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    fn service_with(policy: CircuitBreakerPolicy) -> Svc {
+        let classify: fn(Result<&(), &()>) -> Outcome = |r| Outcome::fallback(r.is_ok());
+        let inner: fn(bool) -> Ready<Result<(), ()>> =
+            |ok| ready(if ok { Ok(()) } else { Err(()) });
+        CircuitBreakerLayer::new("tick", policy, classify).layer(service_fn(inner))
+    }
+
+    async fn call(svc: &mut Svc, ok: bool) -> Result<(), crate::Error<()>> {
+        use tower::{Service, ServiceExt};
+        svc.ready().await?.call(ok).await
+    }
+
+    fn retry_after(r: Result<(), crate::Error<()>>) -> Duration {
+        match r {
+            Err(crate::Error::CircuitOpen(open)) => open.retry_after,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    /// The ticker's values are set by hand on a paused clock (no ticker runs on a
+    /// current-thread runtime), to check what the hot paths make of them.
+    #[test]
+    fn a_rejection_trusts_the_tick_only_far_from_the_end_of_the_open_period() {
+        paused().block_on(async {
+            let mut policy = CircuitBreakerPolicy::default();
+            policy.consecutive_failures = 1;
+            policy.open_timeout = Duration::from_secs(5);
+            let mut svc = service_with(policy);
+            let handle = svc.handle();
+            let coarse = handle.core().coarse();
+            let _ = call(&mut svc, false).await;
+            // A tick from before the trip: the wait counts from the trip, not from the tick.
+            coarse.now.store(0, Ordering::Relaxed);
+            tokio::time::advance(Duration::from_millis(4_950)).await;
+            assert_eq!(
+                retry_after(call(&mut svc, true).await),
+                Duration::from_secs(5)
+            );
+            // A tick 150 ms before the end: judged on it.
+            coarse.now.store(4_850 * MS, Ordering::Relaxed);
+            assert_eq!(
+                retry_after(call(&mut svc, true).await),
+                Duration::from_millis(150)
+            );
+            // Within the last grain: the precise clock (4.95 s) decides.
+            coarse.now.store(4_950 * MS, Ordering::Relaxed);
+            assert_eq!(
+                retry_after(call(&mut svc, true).await),
+                Duration::from_millis(50)
+            );
+            tokio::time::advance(Duration::from_millis(50)).await;
+            call(&mut svc, true).await.expect("over: a probe");
+            assert_eq!(handle.metrics().rejections, 3);
+        });
+    }
+
+    #[test]
+    fn a_success_goes_to_the_ticks_bucket_and_without_one_to_the_clocks() {
+        paused().block_on(async {
+            let mut policy = CircuitBreakerPolicy::default();
+            policy.window = Duration::from_secs(10);
+            let mut svc = service_with(policy);
+            let handle = svc.handle();
+            let coarse = handle.core().coarse();
+            tokio::time::advance(Duration::from_millis(3_500)).await;
+            // The ticker is a bucket late: the success counts in bucket 2, not 3.
+            coarse.bucket.store(2, Ordering::Relaxed);
+            call(&mut svc, true).await.unwrap();
+            coarse.bucket.store(UNAVAILABLE, Ordering::Relaxed);
+            call(&mut svc, true).await.unwrap();
+            assert_eq!(handle.metrics().calls, 2);
+            // Bucket 2 leaves the window at 12 s, bucket 3 at 13 s.
+            tokio::time::advance(Duration::from_millis(8_500)).await;
+            assert_eq!(handle.metrics().calls, 1);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(handle.metrics().calls, 0);
+        });
+    }
+
     #[test]
     fn no_ticker_outside_a_runtime_or_on_a_current_thread_runtime() {
         let svc = service();

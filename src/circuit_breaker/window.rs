@@ -381,10 +381,10 @@ impl TimeWindow {
             let seen = current >> EPOCH_SHIFT;
             if !same_tick
                 && field(current, TOTAL_SHIFT) != 0
-                && seen.wrapping_sub(epoch) & EPOCH_MASK < TIME_BUCKETS
+                && seen.wrapping_sub(epoch) & EPOCH_MASK < EPOCH_MASK / 2
             {
-                // The bucket already holds a later tick of the same window: this sample's
-                // tick is stale (a thread or the ticker ran late by most of a window).
+                // The slot already holds a later tick: this sample is at least a whole window
+                // late (a stalled thread, a ticker running late), outside the window already.
                 // Starting the bucket afresh would erase newer calls; the late one is dropped.
                 return;
             }
@@ -602,6 +602,21 @@ mod tests {
         failure: true,
         slow: false,
     };
+
+    #[test]
+    fn a_late_sample_does_not_erase_the_newer_bucket_in_its_slot() {
+        let w = TimeWindow::new(Duration::from_secs(10)); // 1 s buckets
+        w.record_tick(12, FAIL, 0);
+        w.record_tick(12, OK, 0);
+        // Tick 2 shares tick 12's slot: a sample that late is dropped.
+        w.record_tick(2, OK, 0);
+        let s = 1_000_000_000;
+        assert_eq!(w.totals(12 * s).calls, 2);
+        assert_eq!(w.totals(12 * s).failures, 1);
+        // A slot holding an older tick is started afresh as before.
+        w.record_tick(22, OK, 0);
+        assert_eq!(w.totals(22 * s).calls, 1);
+    }
 
     #[test]
     fn time_window_forgets_buckets_older_than_the_window() {
