@@ -243,10 +243,11 @@ mod tests {
     #[test]
     fn a_rejection_trusts_the_tick_only_far_from_the_end_of_the_open_period() {
         paused().block_on(async {
-            let mut policy = CircuitBreakerPolicy::default();
-            policy.consecutive_failures = 1;
-            policy.open_timeout = Duration::from_secs(5);
-            let mut svc = service_with(policy);
+            let mut svc = service_with(CircuitBreakerPolicy {
+                consecutive_failures: 1,
+                open_timeout: Duration::from_secs(5),
+                ..CircuitBreakerPolicy::default()
+            });
             let handle = svc.handle();
             let coarse = handle.core().coarse();
             let _ = call(&mut svc, false).await;
@@ -278,9 +279,10 @@ mod tests {
     #[test]
     fn a_success_goes_to_the_ticks_bucket_and_without_one_to_the_clocks() {
         paused().block_on(async {
-            let mut policy = CircuitBreakerPolicy::default();
-            policy.window = Duration::from_secs(10);
-            let mut svc = service_with(policy);
+            let mut svc = service_with(CircuitBreakerPolicy {
+                window: Duration::from_secs(10),
+                ..CircuitBreakerPolicy::default()
+            });
             let handle = svc.handle();
             let coarse = handle.core().coarse();
             tokio::time::advance(Duration::from_millis(3_500)).await;
