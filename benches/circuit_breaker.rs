@@ -47,9 +47,13 @@ fn inner() -> Noop {
     service_fn(noop as fn(bool) -> Ready<Result<u64, ()>>)
 }
 
+/// Built inside `rt`, as a server builds its layers inside its runtime: on a multi-thread
+/// runtime the breaker starts its coarse-time ticker there (see docs/circuit_breaker.md).
 fn palisade_breaker(
+    rt: &tokio::runtime::Runtime,
     window: WindowType,
 ) -> palisade::circuit_breaker::CircuitBreaker<Noop, Classifier> {
+    let _runtime = rt.enter();
     let mut policy = CircuitBreakerPolicy::default();
     policy.window_type = window;
     policy.consecutive_failures = 1;
@@ -162,11 +166,11 @@ fn closed_success(c: &mut Criterion) {
         b.iter_custom(|iters| sequential(&one_worker, &svc, true, iters))
     });
     g.bench_function("palisade time window", |b| {
-        let svc = palisade_breaker(WindowType::Time);
+        let svc = palisade_breaker(&one_worker, WindowType::Time);
         b.iter_custom(|iters| sequential(&one_worker, &svc, true, iters))
     });
     g.bench_function("palisade count window", |b| {
-        let svc = palisade_breaker(WindowType::Count);
+        let svc = palisade_breaker(&one_worker, WindowType::Count);
         b.iter_custom(|iters| sequential(&one_worker, &svc, true, iters))
     });
     g.bench_function("tower-resilience 0.13", |b| {
@@ -187,11 +191,11 @@ fn closed_success(c: &mut Criterion) {
             b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
         });
         g.bench_function("palisade time window", |b| {
-            let svc = palisade_breaker(WindowType::Time);
+            let svc = palisade_breaker(rt, WindowType::Time);
             b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
         });
         g.bench_function("palisade count window", |b| {
-            let svc = palisade_breaker(WindowType::Count);
+            let svc = palisade_breaker(rt, WindowType::Count);
             b.iter_custom(|iters| concurrent(rt, n, &svc, iters))
         });
         g.bench_function("tower-resilience 0.13", |b| {
@@ -258,7 +262,7 @@ fn open_rejection(c: &mut Criterion) {
     let one_worker = one_worker();
     let mut g = c.benchmark_group("open_rejection/sequential");
     g.bench_function("palisade", |b| {
-        let svc = palisade_breaker(WindowType::Time);
+        let svc = palisade_breaker(&one_worker, WindowType::Time);
         let handle = svc.handle();
         sequential(&one_worker, &svc, false, 1);
         assert_eq!(handle.state(), CircuitState::Open);
@@ -296,17 +300,18 @@ fn count_instructions(name: &str, calls: u64) {
             black_box(r.is_ok());
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    // A multi-thread runtime, so that breakers run their ticker (on the worker) as in a
+    // server; the calls run on this thread, inside `block_on`.
+    let rt = one_worker();
+    let time = palisade_breaker(&rt, WindowType::Time);
+    let count = palisade_breaker(&rt, WindowType::Count);
     rt.block_on(async {
         match name {
             "baseline" => run(inner(), true, calls).await,
-            "palisade-time" => run(palisade_breaker(WindowType::Time), true, calls).await,
-            "palisade-count" => run(palisade_breaker(WindowType::Count), true, calls).await,
+            "palisade-time" => run(time, true, calls).await,
+            "palisade-count" => run(count, true, calls).await,
             "palisade-open" => {
-                let mut svc = palisade_breaker(WindowType::Time);
+                let mut svc = time;
                 run(&mut svc, false, 1).await;
                 assert_eq!(svc.handle().state(), CircuitState::Open);
                 run(svc, true, calls).await

@@ -107,6 +107,55 @@ fn open_rejection_allocates_nothing() {
     });
 }
 
+/// With the coarse tick: a breaker built on a multi-thread runtime runs a ticker (allocated
+/// once, when the breaker is built); its successes and rejections still allocate nothing.
+#[test]
+fn ticking_breaker_allocates_nothing_per_call() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut policy = CircuitBreakerPolicy::default();
+    policy.consecutive_failures = 1;
+    let layer = {
+        let _in = rt.enter();
+        CircuitBreakerLayer::new("alloc", policy, classify as Classifier)
+    };
+    assert_eq!(rt.metrics().num_alive_tasks(), 1, "the ticker runs");
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|ok: bool| {
+            std::future::ready(if ok { Ok(()) } else { Err(()) })
+        }));
+    // `block_on` of a multi-thread runtime polls on this thread: the counted one.
+    rt.block_on(async {
+        for _ in 0..10 {
+            svc.ready().await.unwrap().call(true).await.unwrap();
+        }
+        let n = counting_alloc::during(|| {
+            futures_lite_block(async {
+                for _ in 0..10_000 {
+                    svc.ready().await.unwrap().call(true).await.unwrap();
+                }
+            })
+        });
+        assert_eq!(n, 0, "allocations on the ticking closed success path");
+        assert!(svc.ready().await.unwrap().call(false).await.is_err());
+        assert_eq!(handle.state(), CircuitState::Open);
+        let n = counting_alloc::during(|| {
+            futures_lite_block(async {
+                for _ in 0..10_000 {
+                    let r = svc.ready().await.unwrap().call(true).await;
+                    assert!(matches!(r, Err(Error::CircuitOpen(_))));
+                }
+            })
+        });
+        assert_eq!(n, 0, "allocations on the ticking rejection path");
+    });
+}
+
 /// Polls a future that never waits to completion on this thread, with no runtime machinery in
 /// the measured region (tokio's clock is still reachable through the entered runtime).
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {

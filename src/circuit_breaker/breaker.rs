@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::events::{CircuitState, OperatorMode, Transition, TransitionReason};
 use super::metrics::BreakerMetrics;
 use super::settings::{PROBE_LIMIT, Settings, nanos};
+use super::tick::{self, Coarse, UNAVAILABLE};
 use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
 use crate::policy::CircuitBreakerPolicy;
@@ -120,11 +121,17 @@ struct Padded<T>(T);
 #[derive(Debug)]
 pub(crate) struct Breaker {
     word: Padded<AtomicU64>,
+    /// The ticker's time (see [`tick`]): read by every success and rejection, written a few
+    /// times a second, so on a line of its own.
+    coarse: Padded<Coarse>,
     window: Window,
     pub(crate) settings: Settings,
     pub(crate) name: Arc<str>,
     base: Instant,
     open_until: AtomicU64,
+    /// When the current open period began: a rejection judged on the ticker's time reports
+    /// the wait from the later of the two, so never more than the open time.
+    opened_at: AtomicU64,
     half_open_deadline: AtomicU64,
     rejections: AtomicU64,
     shadow_rejections: AtomicU64,
@@ -195,11 +202,13 @@ impl Breaker {
         Breaker {
             metrics: BreakerMetrics::new(&name, mode),
             word: Padded(AtomicU64::new(mode.bits() << MODE_SHIFT)),
+            coarse: Padded(Coarse::unavailable()),
             window,
             settings,
             name,
             base,
             open_until: AtomicU64::new(0),
+            opened_at: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             shadow_rejections: AtomicU64::new(0),
@@ -219,6 +228,24 @@ impl Breaker {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// The ticker's time.
+    pub(crate) fn coarse(&self) -> &Coarse {
+        &self.coarse.0
+    }
+
+    /// The ticker's work: reads the clock, stores the time and the bucket for the hot paths,
+    /// and says when to do it again. Under the transition lock, so that a reconfiguration
+    /// changing the bucket width cannot be overwritten by a bucket of the old width.
+    pub(crate) fn tick(&self) -> Instant {
+        let _slow = self.lock();
+        let now = self.now().min(UNAVAILABLE - 1);
+        let width = self.window.bucket_width();
+        let bucket = now.checked_div(width).unwrap_or(UNAVAILABLE);
+        self.coarse.0.bucket.store(bucket, Ordering::Relaxed);
+        self.coarse.0.now.store(now, Ordering::Relaxed);
+        tick::next_wake(self.base, now, width)
     }
 
     #[inline]
@@ -242,7 +269,32 @@ impl Breaker {
         if word & FAST_MASK == CLOSED {
             return Admission::Closed(gen_of(word));
         }
+        if word & FAST_MASK == OPEN
+            && let Some(wait) = self.clearly_open()
+        {
+            // Open, normal mode, and clearly so: the rejection's own fast path.
+            self.rejections.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rejected();
+            return Admission::Reject(wait);
+        }
         self.admit_slow(word)
+    }
+
+    /// The wait until the next probe if, by the ticker's time, the open period is clearly not
+    /// over (more than the ticker's grain is left); `None` near its end or without a ticker,
+    /// when the precise clock must decide. The wait is counted from the ticker's time or the
+    /// start of the period, whichever is later: at most the grain too long, never longer than
+    /// the open time.
+    #[inline]
+    fn clearly_open(&self) -> Option<Duration> {
+        let until = self.open_until.load(Ordering::Acquire);
+        let coarse = self.coarse.0.now.load(Ordering::Relaxed);
+        if coarse.saturating_add(tick::MAX_GRAIN) < until {
+            let since = coarse.max(self.opened_at.load(Ordering::Relaxed));
+            Some(Duration::from_nanos(until.saturating_sub(since)))
+        } else {
+            None
+        }
     }
 
     #[cold]
@@ -261,8 +313,14 @@ impl Breaker {
             match state_of(word) {
                 CLOSED => return Admission::Closed(gen_of(word)),
                 OPEN => {
-                    let now = self.now();
+                    // Clearly not over by the ticker's time: no clock read. Near the end (or
+                    // without a ticker) the precise clock decides, so the period ends when it
+                    // did before, give or take the ticker's lag.
+                    if let Some(wait) = self.clearly_open() {
+                        return self.reject(shadow, wait);
+                    }
                     let until = self.open_until.load(Ordering::Acquire);
+                    let now = self.now();
                     if now < until {
                         return self.reject(shadow, until - now);
                     }
@@ -343,7 +401,8 @@ impl Breaker {
         }
         // A success only needs to know its bucket: the window reads the clock only if it is a
         // time window, and then only to find the bucket.
-        self.window.record_success(self.base, now, stripe);
+        self.window
+            .record_success(self.base, &self.coarse.0.bucket, now, stripe);
         if count_of(word) != 0 {
             self.clear_consecutive(word, generation);
         }
@@ -592,6 +651,7 @@ impl Breaker {
             return;
         }
         let open = self.open_for(slow);
+        self.opened_at.store(now, Ordering::Relaxed);
         self.open_until
             .store(now.saturating_add(nanos(open)), Ordering::Release);
         if self.swap_state(generation, from, OPEN, 0).is_some() {
@@ -679,6 +739,9 @@ impl Breaker {
         self.settings.store(policy);
         let reshaped = !self.window.same_shape(policy);
         if reshaped {
+            // Successes read the precise clock until the ticker's next wake gives a bucket
+            // of the new width.
+            self.coarse.0.bucket.store(UNAVAILABLE, Ordering::Relaxed);
             self.window.reshape(policy);
         }
         tracing::info!(
@@ -898,8 +961,12 @@ pub(crate) struct Shards {
 impl Shards {
     /// `recycle`: whether calls may keep a spare reference per thread (not for keyed breakers,
     /// which are evicted only when nothing else holds them).
+    /// Non-keyed breakers start their ticker here (see [`tick`]); keyed ones read the clock.
     pub(crate) fn new(breaker: Breaker, recycle: bool) -> Self {
         let breaker = Arc::new(breaker);
+        if recycle {
+            tick::start(&breaker);
+        }
         let shards = (0..window::stripe_count())
             .map(|stripe| {
                 Arc::new(Shard {

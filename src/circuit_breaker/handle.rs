@@ -21,6 +21,11 @@ impl CircuitBreakerHandle {
         CircuitBreakerHandle { breaker }
     }
 
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
     /// The breaker's name.
     pub fn name(&self) -> &Arc<str> {
         &self.breaker.name

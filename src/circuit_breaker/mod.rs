@@ -94,7 +94,13 @@
 //!   nothing; also what `enabled: false` means), `MetricsOnly` (record and transition, but let
 //!   through what would have been rejected).
 //!
-//! Transitions happen when calls arrive and finish; there is no background task.
+//! Transitions happen when calls arrive and finish. The only background task keeps time: a
+//! breaker built inside a multi-thread tokio runtime spawns a *ticker* that stores tokio's time
+//! a few times a second (and at every time-window bucket boundary), so that successes and clear
+//! rejections do not read the clock. Built outside a runtime or on a current-thread runtime
+//! (where paused-clock tests run), after its runtime shuts down, and for keyed breakers, a
+//! breaker reads the precise clock instead, so `tokio::time::pause`/`advance` drive it exactly.
+//! The ticker ends soon after its breaker is dropped. See docs/circuit_breaker.md, "Time".
 //!
 //! # Observing
 //!
@@ -148,6 +154,7 @@ mod metrics;
 mod registry;
 mod service;
 mod settings;
+mod tick;
 mod window;
 
 pub use counted::CountedFailures;

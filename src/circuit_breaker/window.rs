@@ -127,6 +127,15 @@ impl Window {
         }
     }
 
+    /// The time window's bucket width in nanoseconds; 0 for a count window.
+    pub(crate) fn bucket_width(&self) -> u64 {
+        if self.counting() {
+            0
+        } else {
+            self.time.width()
+        }
+    }
+
     /// Whether recording needs the clock.
     #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
@@ -134,16 +143,26 @@ impl Window {
     }
 
     /// Records a plain success: the hot path, which reads the window's kind once. `now` is the
-    /// time in nanoseconds since `base` if the caller has read the clock already; a time
-    /// window reads it otherwise, a count window never.
+    /// time in nanoseconds since `base` if the caller has read the clock already; else a time
+    /// window takes the ticker's bucket (`coarse`, see [`super::tick`]) and reads the clock
+    /// only when there is none. A count window never needs the time.
     #[inline]
-    pub(crate) fn record_success(&self, base: Instant, now: Option<u64>, stripe: usize) {
+    pub(crate) fn record_success(
+        &self,
+        base: Instant,
+        coarse: &AtomicU64,
+        now: Option<u64>,
+        stripe: usize,
+    ) {
         if self.counting() {
             self.count.record(Sample::SUCCESS)
         } else {
             let tick = match now {
                 Some(now) => now / self.time.width(),
-                None => self.time.bucket_tick(base, Instant::now()),
+                None => match coarse.load(Ordering::Relaxed) {
+                    super::tick::UNAVAILABLE => self.time.bucket_tick(base, Instant::now()),
+                    tick => tick,
+                },
             };
             self.time.record_tick(tick, Sample::SUCCESS, stripe)
         }
@@ -357,6 +376,16 @@ impl TimeWindow {
                 // The common case: one uncontended-or-not add. A bucket that rolls over between
                 // the load and the add takes this call into the new tick, which is when it ended.
                 bucket.fetch_add(add, Ordering::Relaxed);
+                return;
+            }
+            let seen = current >> EPOCH_SHIFT;
+            if !same_tick
+                && field(current, TOTAL_SHIFT) != 0
+                && seen.wrapping_sub(epoch) & EPOCH_MASK < EPOCH_MASK / 2
+            {
+                // The slot already holds a later tick: this sample is at least a whole window
+                // late (a stalled thread, a ticker running late), outside the window already.
+                // Starting the bucket afresh would erase newer calls; the late one is dropped.
                 return;
             }
             let next = if same_tick {
@@ -573,6 +602,21 @@ mod tests {
         failure: true,
         slow: false,
     };
+
+    #[test]
+    fn a_late_sample_does_not_erase_the_newer_bucket_in_its_slot() {
+        let w = TimeWindow::new(Duration::from_secs(10)); // 1 s buckets
+        w.record_tick(12, FAIL, 0);
+        w.record_tick(12, OK, 0);
+        // Tick 2 shares tick 12's slot: a sample that late is dropped.
+        w.record_tick(2, OK, 0);
+        let s = 1_000_000_000;
+        assert_eq!(w.totals(12 * s).calls, 2);
+        assert_eq!(w.totals(12 * s).failures, 1);
+        // A slot holding an older tick is started afresh as before.
+        w.record_tick(22, OK, 0);
+        assert_eq!(w.totals(22 * s).calls, 1);
+    }
 
     #[test]
     fn time_window_forgets_buckets_older_than_the_window() {
