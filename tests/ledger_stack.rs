@@ -247,7 +247,10 @@ async fn an_open_payment_breaker_refuses_transfers_before_the_debit_then_recover
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switched_off_route_is_answered_by_the_server_stack_with_problem_json() {
-    let policies = policies_with(&[("PALISADE__POLICIES__TRANSFER__ENABLED", "false")]);
+    let policies = policies_with(&[
+        ("PALISADE__POLICIES__TRANSFER__ENABLED", "false"),
+        ("PALISADE__POLICIES__BATCH__ENABLED", "false"),
+    ]);
     let h = start_with(healthy_gateway(), DbConfig::memory(), policies).await;
     h.open("alice", 1_000).await;
     h.open("bob", 0).await;
@@ -266,6 +269,69 @@ async fn a_switched_off_route_is_answered_by_the_server_stack_with_problem_json(
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "operation_disabled", "{problem}");
     assert_eq!(problem["operation"], "transfer");
+    assert_eq!(
+        problem["correlation_id"], "off-1",
+        "the body names the request's ID: {problem}"
+    );
+
+    // Without an incoming ID the stack makes one: the body and the echoed header agree.
+    let res = h
+        .http
+        .post(format!("{}/v1/transfers", h.server.url()))
+        .json(&json!({ "from": "alice", "to": "bob", "amount": 100 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(echoed.len(), 36, "a generated UUID: {echoed}");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["correlation_id"], echoed.as_str(), "{problem}");
+
+    // Each request counted once, as the refusal the stack made. `batch` is switched off too:
+    // no other test of this binary uses it, so its series in the process-wide recorder are
+    // this test's alone (an outer metrics layer would add an `http_503` series and a second
+    // count per request).
+    for id in ["batch-off-1", "batch-off-2"] {
+        let res = h
+            .http
+            .post(format!("{}/v1/batches", h.server.url()))
+            .header("x-request-id", id)
+            .json(&json!({ "items": [{ "from": "alice", "to": "bob", "amount": 1 }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["correlation_id"], id, "{problem}");
+    }
+    let metrics = metrics_until(&h, |l| l.contains("operation=\"batch\"")).await;
+    let batch: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("palisade_")
+                && !l.contains("_bucket{")
+                && l.contains("operation=\"batch\"")
+        })
+        .collect();
+    let requests: Vec<&&str> = batch
+        .iter()
+        .filter(|l| l.starts_with("palisade_requests_total"))
+        .collect();
+    assert_eq!(
+        requests,
+        [&"palisade_requests_total{operation=\"batch\",outcome=\"failure\"} 2"],
+        "{metrics}"
+    );
+    let errors: Vec<&&str> = batch
+        .iter()
+        .filter(|l| l.starts_with("palisade_errors_total"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one series: {errors:?}");
+    assert!(
+        errors[0].contains("code=\"operation_disabled\"") && errors[0].ends_with("} 2"),
+        "{errors:?}"
+    );
 
     // Only that operation: accounts still answer, and nothing reached the gateway.
     assert_eq!(h.get("/v1/accounts/alice").await.status, 200);

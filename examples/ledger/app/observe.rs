@@ -1,14 +1,15 @@
 //! What the ledger tells its operators: correlation IDs, error metrics, Prometheus, health.
 //!
-//! - **Correlation**: palisade's `CorrelationLayer` takes `x-request-id` (or makes a UUIDv7),
-//!   echoes it, and opens a `request` span with `correlation_id`, so every JSON log line of the
-//!   request carries it. Work a request hands to another task keeps it
-//!   (`palisade::correlation::spawn` in `routes::detached`), and the gateway client puts it on
-//!   its calls (`PropagateCorrelationLayer`, in [`gateway`](super::gateway)).
-//! - **Metrics**: palisade's `ErrorMetricsLayer` counts every API call by operation and
-//!   outcome (`palisade_requests_total`), times it, and counts failures by classification; the
-//!   stacks' layers add retries, breaker transitions, bulkhead and timeout metrics. The
-//!   Prometheus exporter renders them at `/metrics`, followed by the ledger's domain counters.
+//! - **Correlation**: the API's `ResilienceLayer` (in [`routes`](super::routes)) takes
+//!   `x-request-id` (or makes a UUIDv7), echoes it, puts it in its problem+json bodies, and
+//!   opens a `request` span with `correlation_id`, so every JSON log line of the request carries
+//!   it. Work a request hands to another task keeps it (`palisade::correlation::spawn` in
+//!   `routes::detached`), and the gateway client puts it on its calls
+//!   (`PropagateCorrelationLayer`, in [`gateway`](super::gateway)).
+//! - **Metrics**: each of the ledger's three stacks counts its calls by operation and outcome
+//!   (`palisade_requests_total`), times them, and counts failures by classification; their
+//!   layers add retries, breaker transitions, bulkhead and timeout metrics. The Prometheus
+//!   exporter renders them at `/metrics`, followed by the ledger's domain counters.
 //! - **Health**: `/health/live` and `/health/ready` from `palisade::health`: a database check
 //!   (`SELECT 1` through the database stack) and the circuit breakers (degraded while one is
 //!   open, so readiness stays 200 and the service keeps answering, fast).
@@ -17,12 +18,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use palisade::classify::HttpStatus;
-use palisade::correlation::CorrelationLayer;
 use palisade::health::{Check, HealthRegistry, breaker_health};
-use palisade::metrics::{ErrorMetricsLayer, PolicyOperations};
 
 use super::Ledger;
 use super::db::DATABASE_OPERATION;
@@ -51,24 +48,6 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
-}
-
-/// Correlation IDs and error metrics around the API routes of `router`.
-///
-/// TEMPORARY place: palisade's stack is gaining both (`ResilienceLayer` with
-/// `without_correlation()` / `without_metrics()` opt-outs). When that lands, this function
-/// goes and `routes::router` keeps only the stack. Until then the order is the stack's own:
-/// correlation -> error metrics -> the resilience stack -> handler.
-pub fn correlate_and_count<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    ledger: &Ledger,
-) -> Router<S> {
-    router
-        .route_layer(
-            ErrorMetricsLayer::new(HttpStatus::new())
-                .operation_from(PolicyOperations::new(ledger.store.current())),
-        )
-        .layer(CorrelationLayer::new())
 }
 
 /// The health registry: the database answers, and the circuit breakers' states.
