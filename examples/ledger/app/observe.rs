@@ -8,8 +8,10 @@
 //!   (`PropagateCorrelationLayer`, in [`gateway`](super::gateway)).
 //! - **Metrics**: each of the ledger's three stacks counts its calls by operation and outcome
 //!   (`palisade_requests_total`), times them, and counts failures by classification; their
-//!   layers add retries, breaker transitions, bulkhead and timeout metrics. The Prometheus
-//!   exporter renders them at `/metrics`, followed by the ledger's domain counters.
+//!   retry, timeout, bulkhead and breaker layers record their own series. The Prometheus
+//!   recorder is installed by [`Ledger::open`](super::Ledger::open) before any stack is built
+//!   (the layers register their series when built) and renders them at `/metrics`, followed
+//!   by the ledger's domain counters.
 //! - **Health**: `/health/live` and `/health/ready` from `palisade::health`: a database check
 //!   (`SELECT 1` through the database stack) and the circuit breakers (degraded while one is
 //!   open, so readiness stays 200 and the service keeps answering, fast).
@@ -154,9 +156,9 @@ pub fn render_metrics(ledger: &Ledger) -> String {
 }
 
 /// Follows the ledger's circuit breakers (the gateway's per-host breakers of both operations
-/// and the database's): each transition is logged and recorded as palisade's breaker metrics
-/// (`palisade_circuit_breaker_transitions_total`, `palisade_circuit_breaker_state`). The
-/// task ends when the breakers are dropped.
+/// and the database's) and logs each transition at WARN, with its reason. (The breakers
+/// record their metrics themselves: `palisade_circuit_breaker_transitions_total`,
+/// `palisade_circuit_breaker_state`.) The task ends when the breakers are dropped.
 pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
     let mut receivers = Vec::new();
     for operation in [PAY, READ] {
@@ -168,7 +170,6 @@ pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
         receivers.push(db.subscribe());
     }
     tokio::spawn(async move {
-        let mut recorders = std::collections::HashMap::new();
         let mut merged = tokio::task::JoinSet::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for mut receiver in receivers {
@@ -196,10 +197,6 @@ pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
                 reason = ?t.reason,
                 "circuit breaker transition"
             );
-            let record = recorders.entry(Arc::clone(&t.breaker)).or_insert_with(|| {
-                palisade::metrics::breaker_transition_recorder(Arc::clone(&t.breaker))
-            });
-            record(&t);
         }
     })
 }
