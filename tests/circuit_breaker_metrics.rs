@@ -393,35 +393,3 @@ fn a_spare_reference_keeps_a_dropped_breaker_only_until_another_breakers_call() 
         );
     });
 }
-
-/// Code written for session 1 plugged `breaker_transition_recorder` into the breaker (or built
-/// one on the first event from its channel): now that the breaker records by itself, that must
-/// neither count twice nor set a stale gauge.
-#[test]
-fn the_old_transition_recorder_does_not_count_twice() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    with_recorder(&recorder, async {
-        let layer = CircuitBreakerLayer::builder("legacy", policy())
-            .on_transition(palisade::metrics::breaker_transition_recorder("legacy"))
-            .build(classify as fn(Result<&u32, &&'static str>) -> Outcome);
-        let mut events = layer.handle().subscribe();
-        let svc = ServiceBuilder::new()
-            .layer(layer)
-            .service(service_fn(gateway));
-        for _ in 0..2 {
-            let _ = svc.clone().oneshot(0).await;
-        }
-        // Built late, on the first event, as an event-channel consumer would.
-        let event = events.recv().await.unwrap();
-        palisade::metrics::breaker_transition_recorder(event.breaker.clone())(&event);
-        let m = snapshot(&snapshotter);
-        let view = View {
-            map: &m,
-            breaker: "legacy",
-        };
-        assert_eq!(view.state(), "open");
-        assert_eq!(view.transitions("closed", "open"), 1);
-        assert_eq!(view.all_transitions(), 1);
-    });
-}

@@ -728,12 +728,15 @@ async fn the_session_is_counted_in_palisade_metrics() {
         count("palisade_errors_total", &[]),
         f64::from(final_failures)
     );
-    // The retry's own metrics: the one retried call, its one extra attempt.
+    // The retry layer's own metrics, labelled with the policy (`ticker_price` runs under
+    // `exchange_public`): the one retried call, its one extra attempt, and nothing counted
+    // twice (the client records no metric of its own).
+    assert_eq!(stats.retries, 1, "{stats:?}");
     assert_eq!(
         count(
             "palisade_retries_total",
             &[
-                ("operation", "ticker_price"),
+                ("operation", "exchange_public"),
                 ("outcome", "succeeded_after_retry")
             ]
         ),
@@ -742,11 +745,41 @@ async fn the_session_is_counted_in_palisade_metrics() {
     assert_eq!(
         count(
             "palisade_retry_attempts_total",
-            &[("operation", "ticker_price")]
+            &[("operation", "exchange_public")]
         ),
         1.0
     );
+    assert_eq!(
+        count("palisade_retry_attempts_total", &[]),
+        f64::from(stats.retries)
+    );
+    assert_eq!(
+        count("palisade_retries_total", &[("operation", "ticker_price")]),
+        0.0,
+        "no series by endpoint"
+    );
+    // Every call goes through its policy's retry layer once.
     assert_eq!(count("palisade_retries_total", &[]), f64::from(stats.calls));
+    let public_calls: u32 = stats
+        .operations
+        .iter()
+        .filter(|(op, _)| op.policy() == "exchange_public")
+        .map(|(_, o)| o.calls)
+        .sum();
+    assert_eq!(
+        count(
+            "palisade_retries_total",
+            &[("operation", "exchange_public")]
+        ),
+        f64::from(public_calls)
+    );
+    // The calls that failed for good, by the retry layer's outcome: the misspelt symbol and
+    // the session's business refusals are not retryable.
+    assert_eq!(
+        count("palisade_retries_total", &[("outcome", "not_retryable")]),
+        f64::from(final_failures),
+        "{text}"
+    );
     // Each breaker's state gauge, set when the client was built: closed, and still closed.
     assert_eq!(
         count(

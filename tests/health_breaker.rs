@@ -1,4 +1,5 @@
-//! The real circuit breaker reporting into health and metrics through its `on_transition` hook.
+//! The real circuit breaker reporting into health through its `on_transition` hook, and into
+//! metrics by itself.
 #![cfg(feature = "metrics")]
 
 use std::time::Duration;
@@ -7,7 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 use palisade::classify::{Category, Outcome, Severity, Transience};
 use palisade::health::{HealthRegistry, HealthStatus};
-use palisade::metrics::{breaker_transition_recorder, names};
+use palisade::metrics::names;
 use palisade::policy::CircuitBreakerPolicy;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
@@ -74,7 +75,6 @@ async fn health_flips_to_degraded_when_the_breaker_opens_and_back_when_it_closes
 
     let registry = HealthRegistry::new();
     let report_health = registry.breaker_callback("payment_gateway", false);
-    let record_metrics = breaker_transition_recorder("payment_gateway");
 
     let mut policy = CircuitBreakerPolicy::default();
     policy.consecutive_failures = 2;
@@ -90,10 +90,7 @@ async fn health_flips_to_degraded_when_the_breaker_opens_and_back_when_it_closes
         ),
     };
     let layer = CircuitBreakerLayer::builder("payment_gateway", policy)
-        .on_transition(move |t| {
-            report_health(t);
-            record_metrics(t);
-        })
+        .on_transition(report_health)
         .build(classify);
     let breaker = layer.handle();
     let gateway =

@@ -20,8 +20,7 @@ use palisade::bulkhead::{BulkheadLayer, BulkheadRegistry};
 use palisade::circuit_breaker::{CircuitBreakerHandle, Transition};
 use palisade::classify::{Classification, Classified, Classify, Outcome, Severity};
 use palisade::correlation::{self, CorrelationId};
-use palisade::error::{RetryStop, TimeoutKind};
-use palisade::metrics::{self, RetryOutcomeKind};
+use palisade::error::RetryStop;
 use palisade::policy::Policies;
 use palisade::retry::RetryBudget;
 use serde::Deserialize;
@@ -502,8 +501,8 @@ impl ExchangeClient {
                 .or_default() += attempts - 1;
         }
         if let Err(palisade::Error::BulkheadFull(full)) = &result {
-            // Refused before the retry layer: nothing was sent and no retry outcome recorded.
-            metrics::record_bulkhead_rejected(full.bulkhead.clone(), &full.reason);
+            // Refused before the retry layer: nothing was sent (the bulkhead counted it in
+            // `palisade_bulkhead_rejected_total`).
             let classification = full.classification();
             tracing::warn!(
                 operation = operation.as_str(),
@@ -524,24 +523,10 @@ impl ExchangeClient {
                 source: full.clone(),
             });
         }
-        if let Err(palisade::Error::Timeout(t)) = &result
-            && t.kind == TimeoutKind::Total
-        {
-            // Attempt timeouts are counted per try (`AttemptLog`); the total one here.
-            metrics::record_timeout(operation.as_str(), t.kind);
-        }
         let class = match self.classifier.outcome(result.as_ref()) {
             Outcome::Success | Outcome::Ignored => {
                 if result.is_ok() {
                     self.lock_stats().succeeded += 1;
-                    metrics::record_retry(
-                        operation.as_str(),
-                        if attempts > 1 {
-                            RetryOutcomeKind::SucceededAfterRetry
-                        } else {
-                            RetryOutcomeKind::SucceededWithoutRetry
-                        },
-                    );
                 }
                 // An error nobody counts (none today) still reaches the caller.
                 return result.map_err(|source| ExchangeError::Transport {
@@ -561,15 +546,6 @@ impl ExchangeClient {
                 .entry((policy.name().to_owned(), stop.as_str()))
                 .or_default() += 1;
         }
-        metrics::record_retry(
-            operation.as_str(),
-            match stop {
-                Some(RetryStop::BudgetExhausted) => RetryOutcomeKind::BudgetExhausted,
-                Some(_) => RetryOutcomeKind::FailedAfterRetries,
-                None if attempts > 1 => RetryOutcomeKind::FailedAfterRetries,
-                None => RetryOutcomeKind::NotRetryable,
-            },
-        );
         log_failure(operation, &class, attempts);
         self.lock_stats().call_failed(operation, &class);
         Err(self.error(operation, attempts, class, result))

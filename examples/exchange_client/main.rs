@@ -123,7 +123,8 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // palisade's metrics go to a Prometheus recorder (no HTTP listener: the report renders
-    // it). Installed before the client is built: the breakers set their state gauges then.
+    // it). Installed before the client is built: palisade's retry, timeout, bulkhead and
+    // breaker layers register their series with the recorder in force when they are built.
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("palisade_request_duration_seconds".into()),

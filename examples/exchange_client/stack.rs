@@ -18,10 +18,12 @@
 //!             RestTransport    example: sign, send, read
 //! ```
 //!
-//! The layers' own metrics (retry outcomes and attempts, timeouts, breaker transitions and
-//! rejections) are recorded through `palisade::metrics`' recording API: the breaker's by its
-//! transition hook, the rest by [`AttemptLog`] (per try) and the client (per call), because
-//! the layers on this version of palisade do not record them themselves.
+//! The palisade layers record their own metrics (labels in `docs/metrics.md`): retry outcomes
+//! and attempts (`operation` = the policy, e.g. `exchange_public`), timeouts (`operation` =
+//! the policy, `kind` total/attempt/deadline), bulkhead gauges and rejections (`bulkhead` =
+//! the policy), breaker state, transitions and rejections (`breaker` =
+//! `<policy>:<endpoint>`). They register their series when built, so the recorder must be
+//! installed before the client is built (`main` does so).
 //!
 //! Every layer judges outcomes with the same [`ExchangeClassifier`]. The governor sits
 //! inside the breaker so an open breaker refuses a call before it reserves any weight, and
@@ -35,10 +37,7 @@ use std::task::{Context, Poll};
 use palisade::bulkhead::{Bulkhead, BulkheadLayer};
 use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer};
 use palisade::classify::{Classify, Outcome};
-use palisade::metrics::{
-    self, ErrorMetrics, ErrorMetricsLayer, Operation as MetricsOperation,
-    breaker_transition_recorder,
-};
+use palisade::metrics::{ErrorMetrics, ErrorMetricsLayer, Operation as MetricsOperation};
 use palisade::policy::Policy;
 use palisade::retry::{CloneRequest, Retry, RetryBudget, RetryLayer};
 use palisade::timeout::{Timeout, TimeoutLayer};
@@ -138,7 +137,6 @@ pub fn endpoint_stack(
     let breaker_name: Arc<str> = format!("{}:{}", policy.name(), operation.as_str()).into();
     let breaker = CircuitBreakerLayer::builder(breaker_name.clone(), policy.circuit_breaker)
         .event_capacity(256)
-        .on_transition(breaker_transition_recorder(breaker_name.clone()))
         .build(classifier.clone());
     let handle = breaker.handle();
     let flat = flatten as Flatten;
@@ -155,7 +153,6 @@ pub fn endpoint_stack(
                 .with_seed(seed),
         )
         .layer(AttemptLogLayer {
-            breaker: breaker_name,
             stats: Arc::clone(stats),
             classifier: classifier.clone(),
             resync,
@@ -206,7 +203,6 @@ pub struct Resync {
 /// Puts an [`AttemptLog`] in front of a service.
 #[derive(Clone)]
 pub struct AttemptLogLayer {
-    breaker: Arc<str>,
     stats: Arc<Mutex<CallStats>>,
     classifier: ExchangeClassifier,
     resync: Option<Arc<Resync>>,
@@ -218,7 +214,6 @@ impl<S> Layer<S> for AttemptLogLayer {
     fn layer(&self, inner: S) -> AttemptLog<S> {
         AttemptLog {
             inner,
-            breaker: self.breaker.clone(),
             stats: Arc::clone(&self.stats),
             classifier: self.classifier.clone(),
             resync: self.resync.clone(),
@@ -231,13 +226,10 @@ impl<S> Layer<S> for AttemptLogLayer {
 /// resyncs the clock before handing the failure back, so the retry signs with the
 /// exchange's time.
 ///
-/// It also records the per-try metrics: `palisade_retry_attempts_total` for each retry,
-/// `palisade_timeouts_total` for each attempt timeout and
-/// `palisade_circuit_breaker_rejected_total` for each try the breaker refused.
+/// It records no metric: the retry, breaker and timeout layers record their own.
 #[derive(Clone)]
 pub struct AttemptLog<S> {
     inner: S,
-    breaker: Arc<str>,
     stats: Arc<Mutex<CallStats>>,
     classifier: ExchangeClassifier,
     resync: Option<Arc<Resync>>,
@@ -267,13 +259,11 @@ where
         let stats = Arc::clone(&self.stats);
         let classifier = self.classifier.clone();
         let resync = self.resync.clone();
-        let breaker = self.breaker.clone();
         Box::pin(async move {
             let operation = request.operation;
             let trace = request.trace.clone();
             let now = Instant::now();
             if let Some(gap) = trace.start_try(now) {
-                metrics::record_retry_attempt(operation.as_str());
                 let mut stats = lock(&stats);
                 stats.retries += 1;
                 stats.backoff_sleeps += 1;
@@ -283,11 +273,6 @@ where
             trace.end_try(Instant::now());
             let outcome = classifier.outcome(result.as_ref());
             let refused = matches!(result, Err(palisade::Error::CircuitOpen(_)));
-            if refused {
-                metrics::record_breaker_rejected(breaker);
-            } else if let Err(palisade::Error::Timeout(timeout)) = &result {
-                metrics::record_timeout(operation.as_str(), timeout.kind);
-            }
             {
                 let mut stats = lock(&stats);
                 if refused {

@@ -1,7 +1,7 @@
-//! Circuit breaker transitions as metrics.
+//! The state a circuit breaker shows, as the `state` label of its metrics.
 
 use super::BreakerState;
-use crate::circuit_breaker::{CircuitState, OperatorMode, Transition};
+use crate::circuit_breaker::{CircuitState, OperatorMode};
 
 impl BreakerState {
     /// The state a breaker shows: its operator mode when that overrides the machine (forced
@@ -15,24 +15,4 @@ impl BreakerState {
             (_, CircuitState::Open) => BreakerState::Open,
         }
     }
-}
-
-/// A transition callback kept so that code written for session 1 still compiles: it records
-/// nothing.
-///
-/// palisade's breakers now record their state gauge, transitions and rejections by themselves
-/// with the `metrics` feature (see [`circuit_breaker`](crate::circuit_breaker#metrics)), which is
-/// also the only feature this function exists under. It used to record every transition
-/// ([`record_breaker_transition`](super::record_breaker_transition)) and set the gauge to `closed` at once; plugged into a
-/// breaker's [`on_transition`](crate::circuit_breaker::CircuitBreakerBuilder::on_transition) or
-/// fed from its event channel, that would now count every transition twice, or (created late,
-/// as on a first event) set a stale gauge. So it does nothing, and such callers stay correct.
-/// To record transitions of a machine of your own, call
-/// [`record_breaker_transition`](super::record_breaker_transition) and
-/// [`record_breaker_state`](super::record_breaker_state).
-pub fn breaker_transition_recorder(
-    breaker: impl Into<std::sync::Arc<str>>,
-) -> impl Fn(&Transition) + Send + Sync + 'static {
-    drop(breaker.into());
-    |_: &Transition| {}
 }

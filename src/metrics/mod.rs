@@ -81,7 +81,6 @@ mod operation;
 mod record;
 mod service;
 
-pub use breaker::breaker_transition_recorder;
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_CODES, ErrorMetricsLayer};
 pub use operation::{Operation, OperationOf, PolicyOperations};

@@ -416,11 +416,9 @@ impl Db {
         let result = self.stack.clone().oneshot(query).await;
         let retried = attempts.load(Ordering::Relaxed).saturating_sub(1);
         if retried > 0 {
+            // The retry layer counts them in `palisade_retry_attempts_total` itself.
             self.retries
                 .fetch_add(u64::from(retried), Ordering::Relaxed);
-            for _ in 0..retried {
-                palisade::metrics::record_retry_attempt(DATABASE_OPERATION);
-            }
             tracing::warn!(
                 operation,
                 retried,

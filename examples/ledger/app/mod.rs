@@ -142,7 +142,17 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the database (creating the schema) and builds the gateway client. Does not
     /// recover anything: call [`Ledger::recover`] once before serving.
+    ///
+    /// Installs the process's Prometheus recorder first ([`observe::prometheus`]): palisade's
+    /// layers register their series with the recorder in force when they are built, and the
+    /// database and gateway stacks are built here (a layer built earlier would record
+    /// nothing for its whole life).
     pub fn open(config: LedgerConfig) -> Result<Arc<Ledger>, LedgerError> {
+        if observe::prometheus().is_none() {
+            tracing::warn!(
+                "another metrics recorder is installed: /metrics shows domain counters only"
+            );
+        }
         let store = PolicyStore::new(Policies::clone(&config.policies));
         let db = Db::open(config.db, store.clone())?;
         let table = config
@@ -249,12 +259,6 @@ impl Drop for Server {
 /// Serves the ledger's router on `listener` until the returned server is dropped.
 pub fn serve(ledger: Arc<Ledger>, listener: tokio::net::TcpListener) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
-    // Before the first request, so nothing is recorded into the void.
-    if observe::prometheus().is_none() {
-        tracing::warn!(
-            "another metrics recorder is installed: /metrics shows domain counters only"
-        );
-    }
     let breakers = observe::watch_breakers(&ledger);
     let router = routes::router(ledger);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

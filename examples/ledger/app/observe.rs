@@ -1,14 +1,17 @@
 //! What the ledger tells its operators: correlation IDs, error metrics, Prometheus, health.
 //!
-//! - **Correlation**: palisade's `CorrelationLayer` takes `x-request-id` (or makes a UUIDv7),
-//!   echoes it, and opens a `request` span with `correlation_id`, so every JSON log line of the
-//!   request carries it. Work a request hands to another task keeps it
-//!   (`palisade::correlation::spawn` in `routes::detached`), and the gateway client puts it on
-//!   its calls (`PropagateCorrelationLayer`, in [`gateway`](super::gateway)).
-//! - **Metrics**: palisade's `ErrorMetricsLayer` counts every API call by operation and
-//!   outcome (`palisade_requests_total`), times it, and counts failures by classification; the
-//!   stacks' layers add retries, breaker transitions, bulkhead and timeout metrics. The
-//!   Prometheus exporter renders them at `/metrics`, followed by the ledger's domain counters.
+//! - **Correlation**: the API's `ResilienceLayer` (in [`routes`](super::routes)) takes
+//!   `x-request-id` (or makes a UUIDv7), echoes it, puts it in its problem+json bodies, and
+//!   opens a `request` span with `correlation_id`, so every JSON log line of the request carries
+//!   it. Work a request hands to another task keeps it (`palisade::correlation::spawn` in
+//!   `routes::detached`), and the gateway client puts it on its calls
+//!   (`PropagateCorrelationLayer`, in [`gateway`](super::gateway)).
+//! - **Metrics**: each of the ledger's three stacks counts its calls by operation and outcome
+//!   (`palisade_requests_total`), times them, and counts failures by classification; their
+//!   retry, timeout, bulkhead and breaker layers record their own series. The Prometheus
+//!   recorder is installed by [`Ledger::open`](super::Ledger::open) before any stack is built
+//!   (the layers register their series when built) and renders them at `/metrics`, followed
+//!   by the ledger's domain counters.
 //! - **Health**: `/health/live` and `/health/ready` from `palisade::health`: a database check
 //!   (`SELECT 1` through the database stack) and the circuit breakers (degraded while one is
 //!   open, so readiness stays 200 and the service keeps answering, fast).
@@ -17,12 +20,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use palisade::classify::HttpStatus;
-use palisade::correlation::CorrelationLayer;
 use palisade::health::{Check, HealthRegistry, breaker_health};
-use palisade::metrics::{ErrorMetricsLayer, PolicyOperations};
 
 use super::Ledger;
 use super::db::DATABASE_OPERATION;
@@ -51,24 +50,6 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
-}
-
-/// Correlation IDs and error metrics around the API routes of `router`.
-///
-/// TEMPORARY place: palisade's stack is gaining both (`ResilienceLayer` with
-/// `without_correlation()` / `without_metrics()` opt-outs). When that lands, this function
-/// goes and `routes::router` keeps only the stack. Until then the order is the stack's own:
-/// correlation -> error metrics -> the resilience stack -> handler.
-pub fn correlate_and_count<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    ledger: &Ledger,
-) -> Router<S> {
-    router
-        .route_layer(
-            ErrorMetricsLayer::new(HttpStatus::new())
-                .operation_from(PolicyOperations::new(ledger.store.current())),
-        )
-        .layer(CorrelationLayer::new())
 }
 
 /// The health registry: the database answers, and the circuit breakers' states.
@@ -175,9 +156,9 @@ pub fn render_metrics(ledger: &Ledger) -> String {
 }
 
 /// Follows the ledger's circuit breakers (the gateway's per-host breakers of both operations
-/// and the database's): each transition is logged and recorded as palisade's breaker metrics
-/// (`palisade_circuit_breaker_transitions_total`, `palisade_circuit_breaker_state`). The
-/// task ends when the breakers are dropped.
+/// and the database's) and logs each transition at WARN, with its reason. (The breakers
+/// record their metrics themselves: `palisade_circuit_breaker_transitions_total`,
+/// `palisade_circuit_breaker_state`.) The task ends when the breakers are dropped.
 pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
     let mut receivers = Vec::new();
     for operation in [PAY, READ] {
@@ -189,7 +170,6 @@ pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
         receivers.push(db.subscribe());
     }
     tokio::spawn(async move {
-        let mut recorders = std::collections::HashMap::new();
         let mut merged = tokio::task::JoinSet::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for mut receiver in receivers {
@@ -217,10 +197,6 @@ pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
                 reason = ?t.reason,
                 "circuit breaker transition"
             );
-            let record = recorders.entry(Arc::clone(&t.breaker)).or_insert_with(|| {
-                palisade::metrics::breaker_transition_recorder(Arc::clone(&t.breaker))
-            });
-            record(&t);
         }
     })
 }

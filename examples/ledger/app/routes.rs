@@ -17,11 +17,13 @@
 //!
 //! Every API route runs behind palisade's `ResilienceLayer`, added with `route_layer` so
 //! axum's `MatchedPath` selects the operation from the policy file's `routes` (`POST
-//! /v1/transfers` runs under `transfer`). It gives each operation its server-side bulkhead,
-//! total timeout and kill switch, and answers palisade's refusals as `application/problem+json`
-//! (503 with `Retry-After`, 504). Correlation IDs and error metrics wrap it
-//! ([`observe::correlate_and_count`](super::observe::correlate_and_count)). Health and
-//! metrics are outside the stack: they must answer when everything else is refused.
+//! /v1/transfers` runs under `transfer`). Outermost first, it takes or makes the request's
+//! correlation ID (echoed in `x-request-id`, and the `request` span every log line of the
+//! request carries), answers palisade's refusals as `application/problem+json` (503 with
+//! `Retry-After`, 504; the body's `correlation_id` is the request's), counts every call by
+//! operation and outcome (`palisade_requests_total`, ...), and gives each operation its
+//! server-side bulkhead, total timeout and kill switch. Health and metrics are outside the
+//! stack: they must answer when everything else is refused.
 
 use std::sync::Arc;
 
@@ -65,7 +67,6 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/reconciliation", post(reconcile))
         .route("/v1/ledger/check", get(check))
         .route_layer(stack.problem_responses());
-    let api = observe::correlate_and_count(api, &ledger);
     let health = observe::health(&ledger);
     api.route("/metrics", get(metrics))
         .with_state(ledger)
