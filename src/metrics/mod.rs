@@ -19,9 +19,11 @@
 //! never the raw path; `category`, `severity`, `transience` are closed enums; `code` comes from the
 //! classifier and is capped per layer ([`ErrorMetricsLayer::max_codes`]).
 //!
-//! The other layers record through the functions of this module ([`record_retry`],
-//! [`record_breaker_transition`], [`record_bulkhead`], [`record_timeout`], ...), which take plain
-//! values and bounded enums.
+//! The retry, timeout, bulkhead and circuit breaker layers record their own series, through
+//! handles registered once when each layer is built (so install the recorder first). The
+//! functions of this module ([`record_retry`], [`record_breaker_transition`],
+//! [`record_bulkhead`], [`record_timeout`], ...) record the same series from code that is not
+//! one of those layers; they look the metric up on each call, so keep them off hot paths.
 //!
 //! ```
 //! use http::{Request, Response, StatusCode};
