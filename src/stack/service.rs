@@ -1,5 +1,5 @@
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwap;
 use tower_service::Service;
@@ -59,7 +59,21 @@ pub struct Resilience<
     B: Breakers<C> = PerOperation,
 > {
     shared: Arc<Shared<S, C, P, Sel, F, B>>,
+    /// This service's own copy of the layers of the operation it called last: called in
+    /// place while the table and the operation stay the same, so a call clones no layer.
+    /// Empty in a new clone (a clone per request, as axum makes, costs what it did).
+    local: Option<Local<S, C, P, B>>,
 }
+
+/// The layers of one operation of one table, owned by one [`Resilience`] value.
+struct Local<S, C, P, B: Breakers<C>> {
+    /// Keeps the table (and so the operation's stack, whose address is `stack`) alive: both
+    /// are compared by address, which no other table or stack can reuse meanwhile.
+    table: Arc<Table<S, C, P, B>>,
+    stack: usize,
+    service: OperationService<S, C, P, B>,
+}
+
 
 struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
     registry: Arc<Registry<C, B>>,
@@ -108,6 +122,7 @@ where
                 #[cfg(feature = "metrics")]
                 metrics,
             }),
+            local: None,
         }
     }
 
@@ -120,8 +135,7 @@ where
 
     /// Rebuilds the operation layers after a reload, once for this service and its clones.
     #[cold]
-    fn refresh(&self) {
-        let shared = &*self.shared;
+    fn refresh(shared: &Shared<S, C, P, Sel, F, B>) {
         let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         if !shared.table.load().is_stale() {
             return; // a clone got here first
@@ -144,6 +158,7 @@ impl<S, C, P, Sel, F, B: Breakers<C>> Clone for Resilience<S, C, P, Sel, F, B> {
     fn clone(&self) -> Self {
         Resilience {
             shared: self.shared.clone(),
+            local: None,
         }
     }
 }
@@ -182,12 +197,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let mut table = self.shared.table.load();
+        let Resilience { shared, local } = self;
+        let mut table = shared.table.load();
         if table.is_stale() {
-            self.refresh();
-            table = self.shared.table.load();
+            Self::refresh(shared);
+            table = shared.table.load();
         }
-        let shared = &*self.shared;
+        let shared = &**shared;
         let policy = shared.select.select(&table.policies, &request);
         let stack = table.stack(policy);
         // The operation's name is kept for the fallback only: without one, a call holds no
@@ -196,15 +212,7 @@ where
             .fallback
             .is_active()
             .then(|| stack.policy.name_arc().clone());
-        let future = if stack.policy.enabled {
-            ResponseFuture::new(
-                stack.service.clone(),
-                request,
-                operation,
-                shared.classifier.clone(),
-                shared.fallback.clone(),
-            )
-        } else {
+        let future = if !stack.policy.enabled {
             // The kill switch: refused before any layer or the service is touched.
             ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
@@ -214,6 +222,50 @@ where
                 shared.classifier.clone(),
                 shared.fallback.clone(),
             )
+        } else {
+            let id = std::ptr::from_ref(stack) as usize;
+            let mine = match local {
+                Some(l) if l.stack == id && Arc::ptr_eq(&l.table, &table) => l,
+                _ => local.insert(Local {
+                    table: Arc::clone(&table),
+                    stack: id,
+                    service: stack.service.clone(),
+                }),
+            };
+            // The common case: the bulkhead has a permit and the layers are ready now, so the
+            // call goes through this service's own copy of the layers. Otherwise that copy
+            // moves into the future, which waits with the task's waker (the next call here
+            // clones the operation's layers afresh).
+            match mine.service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => ResponseFuture::called(
+                    mine.service.call(request),
+                    operation,
+                    shared.classifier.clone(),
+                    shared.fallback.clone(),
+                ),
+                Poll::Ready(Err(e)) => {
+                    // A service whose readiness failed is not called again.
+                    *local = None;
+                    ResponseFuture::refused(
+                        e.into_stack_error(),
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
+                Poll::Pending => {
+                    let Some(mine) = local.take() else {
+                        unreachable!("filled above");
+                    };
+                    ResponseFuture::new(
+                        mine.service,
+                        request,
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
+            }
         };
         #[cfg(feature = "metrics")]
         let future = match &shared.metrics {
