@@ -82,6 +82,7 @@ mod record;
 mod service;
 
 pub use breaker::breaker_transition_recorder;
+pub(crate) use future::Bound;
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_CODES, ErrorMetricsLayer};
 pub use operation::{Operation, OperationOf, PolicyOperations};

@@ -12,7 +12,7 @@ use super::future::MeteredFuture;
 use super::future::{IntoStackError, ResponseFuture};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
-use super::table::{OperationService, Table};
+use super::table::{OperationService, StackMetrics, Table};
 use crate::classify::Classify;
 #[cfg(feature = "metrics")]
 use crate::error::ThroughLayers;
@@ -74,7 +74,6 @@ struct Local<S, C, P, B: Breakers<C>> {
     service: OperationService<S, C, P, B>,
 }
 
-
 struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
     registry: Arc<Registry<C, B>>,
     /// The service every operation's layers are built around, cloned once per operation and
@@ -87,8 +86,7 @@ struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
     fallback: F,
     /// The stack's error metrics (`None`: turned off), recorded around the whole call,
     /// fallback included.
-    #[cfg(feature = "metrics")]
-    metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
+    metrics: StackMetrics<C>,
 }
 
 impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
@@ -107,9 +105,11 @@ where
         fallback: F,
         #[cfg(feature = "metrics")] metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
     ) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let metrics = std::marker::PhantomData;
         let changes = registry.store.subscribe();
         let states = registry.sync();
-        let table = Table::build(&inner, &states, changes, &classifier, &replay);
+        let table = Table::build(&inner, &states, changes, &classifier, &replay, &metrics);
         Resilience {
             shared: Arc::new(Shared {
                 registry,
@@ -119,7 +119,6 @@ where
                 replay,
                 select,
                 fallback,
-                #[cfg(feature = "metrics")]
                 metrics,
             }),
             local: None,
@@ -149,6 +148,7 @@ where
             changes,
             &shared.classifier,
             &shared.replay,
+            &shared.metrics,
         );
         shared.table.store(Arc::new(table));
     }
@@ -236,7 +236,10 @@ where
             // call goes through this service's own copy of the layers. Otherwise that copy
             // moves into the future, which waits with the task's waker (the next call here
             // clones the operation's layers afresh).
-            match mine.service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            match mine
+                .service
+                .poll_ready(&mut Context::from_waker(Waker::noop()))
+            {
                 Poll::Ready(Ok(())) => ResponseFuture::called(
                     mine.service.call(request),
                     operation,
@@ -268,13 +271,9 @@ where
             }
         };
         #[cfg(feature = "metrics")]
-        let future = match &shared.metrics {
+        let future = match &stack.metrics {
             Some(metrics) => MeteredFuture::Metered {
-                future: crate::metrics::ResponseFuture::new(
-                    future,
-                    metrics.shared.clone(),
-                    stack.label.clone(),
-                ),
+                future: crate::metrics::ResponseFuture::bound(future, metrics.clone()),
             },
             None => MeteredFuture::Plain { future },
         };

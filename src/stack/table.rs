@@ -30,13 +30,29 @@ pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
 pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
     pub(crate) service: OperationService<S, C, P, B>,
-    /// The `operation` label of the stack's error metrics, its keys built once.
+    /// The stack's error metrics for this operation (`None`: turned off), labelled by the
+    /// policy, their handles registered once per operation and table version.
     #[cfg(feature = "metrics")]
-    pub(crate) label: crate::metrics::Operation,
+    pub(crate) metrics: Option<Arc<crate::metrics::Bound<ThroughLayers<C>>>>,
 }
 
+/// The stack's error metrics layer, as table builds take it.
+#[cfg(feature = "metrics")]
+pub(crate) type StackMetrics<C> = Option<crate::metrics::ErrorMetricsLayer<ThroughLayers<C>>>;
+/// Without feature `metrics`: nothing.
+#[cfg(not(feature = "metrics"))]
+pub(crate) type StackMetrics<C> = std::marker::PhantomData<C>;
+
 impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
-    fn build(inner: &S, state: &OperationState<C, B>, classifier: &C, replay: &P) -> Self {
+    fn build(
+        inner: &S,
+        state: &OperationState<C, B>,
+        classifier: &C,
+        replay: &P,
+        metrics: &StackMetrics<C>,
+    ) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = metrics;
         let policy = &state.policy;
         // Innermost first.
         let attempt = TimeoutLayer::attempt_from(policy).layer(inner.clone());
@@ -50,7 +66,13 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let service = state.bulkhead.layer(total);
         OperationStack {
             #[cfg(feature = "metrics")]
-            label: crate::metrics::Operation::new(super::metrics::label(policy.name_arc())),
+            metrics: metrics.as_ref().map(|layer| {
+                let label = super::metrics::label(policy.name_arc());
+                Arc::new(crate::metrics::Bound::new(
+                    layer,
+                    crate::metrics::Operation::new(label),
+                ))
+            }),
             policy: policy.clone(),
             service,
         }
@@ -75,16 +97,17 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
         changes: watch::Receiver<Arc<Policies>>,
         classifier: &C,
         replay: &P,
+        metrics: &StackMetrics<C>,
     ) -> Self {
         let policies = states.policies.clone();
-        let defaults = OperationStack::build(inner, &states.defaults, classifier, replay);
+        let defaults = OperationStack::build(inner, &states.defaults, classifier, replay, metrics);
         let operations = policies
             .operations()
             .filter_map(|p| {
                 let state = states.operations.get(p.name())?;
                 Some((
                     Arc::as_ptr(p) as usize,
-                    OperationStack::build(inner, state, classifier, replay),
+                    OperationStack::build(inner, state, classifier, replay, metrics),
                 ))
             })
             .collect();
