@@ -67,9 +67,9 @@ pub struct Resilience<
 
 /// The layers of one operation of one table, owned by one [`Resilience`] value.
 struct Local<S, C, P, B: Breakers<C>> {
-    /// Keeps the table (and so the operation's stack, whose address is `stack`) alive: both
-    /// are compared by address, which no other table or stack can reuse meanwhile.
-    table: Arc<Table<S, C, P, B>>,
+    /// The [`Table::id`] the layers came from, and the address of the operation's stack in
+    /// it (compared only while that table is the running one, so the address is its own).
+    table: u64,
     stack: usize,
     service: OperationService<S, C, P, B>,
 }
@@ -225,9 +225,9 @@ where
         } else {
             let id = std::ptr::from_ref(stack) as usize;
             let mine = match local {
-                Some(l) if l.stack == id && Arc::ptr_eq(&l.table, &table) => l,
+                Some(l) if l.table == table.id && l.stack == id => l,
                 _ => local.insert(Local {
-                    table: Arc::clone(&table),
+                    table: table.id,
                     stack: id,
                     service: stack.service.clone(),
                 }),

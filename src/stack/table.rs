@@ -81,6 +81,9 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
 
 /// Every operation's stack for one version of the policy table.
 pub(crate) struct Table<S, C, P, B: Breakers<C>> {
+    /// Unique in the process (tables are numbered as they are built): a service's own copy
+    /// of an operation's layers names the table it came from by this.
+    pub(crate) id: u64,
     pub(crate) policies: Arc<Policies>,
     /// Fires when the store swaps in another table: this one is then stale.
     pub(crate) changes: watch::Receiver<Arc<Policies>>,
@@ -111,7 +114,9 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
                 ))
             })
             .collect();
+        static TABLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Table {
+            id: TABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             policies,
             changes,
             defaults,
