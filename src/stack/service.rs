@@ -31,24 +31,29 @@ use crate::retry::Replay;
 /// # Readiness
 ///
 /// `poll_ready` is always ready: which bulkhead applies is known only once the request is
-/// seen, so each call waits for its own operation's permit inside the response future
-/// (like tower's `Oneshot`), on its own clone of the operation's layers. A full bulkhead thus
-/// rejects that call, not the whole service, and one operation's waiting never holds up
-/// another's.
+/// seen. Each `Resilience` value keeps its own copy of the layers of the operation it called
+/// last; `call` readies that copy at once (with a no-op waker) and, if it is ready (a free
+/// permit: the common case), calls it in place. If it is not, the copy moves into the
+/// response future, which waits there for the operation's permit with the task's waker
+/// (like tower's `Oneshot`), and the next call clones the operation's layers afresh. A full
+/// bulkhead thus rejects or holds that call, not the whole service, and one operation's
+/// waiting never holds up another's.
 ///
 /// # Reloads
 ///
 /// A call takes the operation's layers as they are when it starts: a reload never changes
 /// the rules of a call in flight. The first call after a reload (noticed with one atomic
 /// load) rebuilds the operation layers of this service (and of its clones) from the
-/// per-operation state, which the layer's services share.
+/// per-operation state, which the layer's services share; each value's own copy names the
+/// table it came from, so it is replaced at its next call.
 ///
 /// # Cost
 ///
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
-/// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
-/// layers (reference counts, and the inner service), the error metrics' clock read and two
-/// reference counts (unless turned off), and the layers' own costs. No lock, and no
+/// extension lookup and a hash lookup), one hash of a pointer, the layers' own costs on this
+/// value's copy of them (no clone of them when the value is called again for the same
+/// operation; one clone when it is a fresh clone, as axum makes per request), the error
+/// metrics' clock reads and one reference count (unless turned off). No lock, and no
 /// allocation of its own. Figures in `docs/performance.md`.
 pub struct Resilience<
     S,
