@@ -52,6 +52,34 @@ fn whole_stack() -> impl Service<u64, Response = u64, Error = impl Debug + Send,
         .layer(noop())
 }
 
+/// Calls a fresh clone of the service each time, as axum's router does for each request:
+/// the stack's own copy of the operation's layers is then never reused. (`Resilience` is
+/// always ready, so the clone needs no `poll_ready` of its own.)
+#[derive(Clone)]
+struct ClonePerCall<S>(S);
+
+impl<S: Service<u64> + Clone> Service<u64> for ClonePerCall<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: u64) -> S::Future {
+        self.0.clone().call(request)
+    }
+}
+
+fn whole_stack_clone_per_call() -> impl Service<u64, Error = impl Debug> {
+    ClonePerCall(whole_stack())
+}
+
+fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+}
+
 fn whole_stack_without_metrics() -> impl Service<u64, Error = impl Debug> {
     ResilienceLayer::from_policies(policies(), SelfClassified)
         .without_correlation()
@@ -283,11 +311,29 @@ fn stack(c: &mut Criterion) {
         "palisade ResilienceLayer (whole stack)",
         whole_stack,
     );
+    {
+        // A real exporter's recorder, in force on the bench's thread (the runtime is
+        // current-thread): what recording costs once an application has installed one.
+        let recorder = prometheus_recorder();
+        let _in_force = metrics::set_default_local_recorder(&recorder);
+        sequential(
+            c,
+            "stack_sequential",
+            "palisade ResilienceLayer (whole stack, Prometheus recorder)",
+            whole_stack,
+        );
+    }
     sequential(
         c,
         "stack_sequential",
         "palisade ResilienceLayer (whole stack, metrics off)",
         whole_stack_without_metrics,
+    );
+    sequential(
+        c,
+        "stack_sequential",
+        "palisade ResilienceLayer (whole stack, a clone per call as axum makes)",
+        whole_stack_clone_per_call,
     );
     sequential(
         c,
@@ -314,7 +360,7 @@ fn stack(c: &mut Criterion) {
     );
 }
 
-/// `STACK_COUNT=<stack|stack-nometrics|hand|tower-resilience|noop|http-noop|http-stack|http-hand> STACK_CALLS=<n>`: makes `n` sequential
+/// `STACK_COUNT=<stack|stack-nometrics|stack-clone|stack-prometheus|hand|tower-resilience|noop|http-noop|http-stack|http-hand> STACK_CALLS=<n>`: makes `n` sequential
 /// calls and exits, for `valgrind --tool=cachegrind --cache-sim=no`. Two runs with two values
 /// of `n`: the difference in instructions over the difference in calls is one call's cost,
 /// free of the machine's noise.
@@ -327,6 +373,12 @@ fn count_instructions(name: &str, calls: u64) {
         match name {
             "stack" => drive(&mut whole_stack(), calls).await,
             "stack-nometrics" => drive(&mut whole_stack_without_metrics(), calls).await,
+            "stack-clone" => drive(&mut whole_stack_clone_per_call(), calls).await,
+            "stack-prometheus" => {
+                let recorder = prometheus_recorder();
+                let _in_force = metrics::set_default_local_recorder(&recorder);
+                drive(&mut whole_stack(), calls).await
+            }
             "http-noop" => drive_http(&mut HttpNoop, calls).await,
             "http-stack" => drive_http(&mut http_stack(), calls).await,
             "http-hand" => drive_http(&mut http_by_hand(), calls).await,

@@ -553,3 +553,84 @@ policies:
     ));
     assert_eq!(one_in.await.unwrap().unwrap(), "ok");
 }
+
+/// One service value called again and again, as a client keeps it (no clone per call): it
+/// calls its own copy of the operation's layers in place. That copy must still wait for a
+/// full bulkhead, follow a change of operation, and give way to a reload, while a call
+/// started before the reload keeps the policy it started with.
+#[tokio::test(start_paused = true)]
+async fn one_service_value_follows_operations_queues_and_reloads() {
+    const QUEUED: &str = r#"
+defaults:
+  retry: { max_retries: 0 }
+policies:
+  ledger_read:
+    timeout: { total: 5s, attempt: 5s }
+    bulkhead: { max_concurrent: 1, max_queue: 1, max_wait: 10s }
+  quote:
+    timeout: { total: 5s, attempt: 5s }
+"#;
+    let store = PolicyStore::new(Policies::from_yaml_str(QUEUED).unwrap());
+    let mut svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .layer(backend());
+
+    // The first call takes the one permit; the second, on the same value, waits in the queue
+    // inside its future; the third goes to another operation and is not held up.
+    let first = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("ledger_read", "/slow/1000")),
+    );
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let started = tokio::time::Instant::now();
+    let second = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("ledger_read", "/ok")),
+    );
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("quote", "/ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(second.await.unwrap().unwrap(), "ok");
+    // It got the permit only when the first call gave it back.
+    assert!(started.elapsed() >= Duration::from_millis(990));
+    assert!(first.is_finished());
+    assert_eq!(first.await.unwrap().unwrap(), "ok");
+
+    // A quote call in flight under the 5 s timeout, then a reload to 1 s.
+    let in_flight = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("quote", "/slow/2000")),
+    );
+    tokio::time::advance(Duration::from_millis(10)).await;
+    store
+        .reload_from_str(&QUEUED.replace(
+            "quote:\n    timeout: { total: 5s, attempt: 5s }",
+            "quote:\n    timeout: { total: 1s, attempt: 1s }",
+        ))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    match svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("quote", "/slow/2000"))
+        .await
+    {
+        Err(Error::Timeout(t)) => assert_eq!(t.limit, Duration::from_secs(1)),
+        other => panic!("expected the reloaded 1 s timeout, got {other:?}"),
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(in_flight.await.unwrap().unwrap(), "ok");
+}

@@ -83,6 +83,7 @@ mod operation;
 mod record;
 mod service;
 
+pub(crate) use future::Bound;
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_CODES, ErrorMetricsLayer};
 pub use operation::{Operation, OperationOf, PolicyOperations};

@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,11 +59,15 @@ impl<S, C, P> Retry<S, C, P> {
 }
 
 impl<S: Clone, C, P> Clone for Retry<S, C, P> {
-    /// A clone draws its own jitter sequence (reproducible when the layer was seeded).
+    /// A clone draws its own jitter sequence (reproducible when the layer was seeded and
+    /// cloned on one thread).
+    ///
+    /// The salt that tells clones apart comes from a per-thread counter (each thread starts
+    /// its own range, taken once from a process-wide counter), so cloning writes no cache
+    /// line shared between cores.
     fn clone(&self) -> Self {
-        static CLONES: AtomicU64 = AtomicU64::new(1);
         let mut rng = self.rng;
-        let salt = CLONES.fetch_add(1, Ordering::Relaxed);
+        let salt = next_salt();
         let seed = rng.next_u64() ^ salt.wrapping_mul(0xA076_1D64_78BD_642F);
         Retry {
             inner: self.inner.clone(),
@@ -70,6 +75,23 @@ impl<S: Clone, C, P> Clone for Retry<S, C, P> {
             rng: Rng::seeded(seed),
         }
     }
+}
+
+/// A salt no other clone of this process has had: the thread's range (one process-wide
+/// `fetch_add` per thread, shifted to the top 24 bits) plus the thread's own count.
+fn next_salt() -> u64 {
+    static THREADS: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static NEXT: Cell<u64> = const { Cell::new(0) };
+    }
+    NEXT.with(|next| {
+        let mut salt = next.get();
+        if salt == 0 {
+            salt = THREADS.fetch_add(1, Ordering::Relaxed) << 40;
+        }
+        next.set(salt + 1);
+        salt
+    })
 }
 
 impl<S: fmt::Debug, C: fmt::Debug, P: fmt::Debug> fmt::Debug for Retry<S, C, P> {

@@ -84,6 +84,21 @@ where
         }
     }
 
+    /// A call already made (on layers readied by the caller).
+    pub(crate) fn called(
+        future: Svc::Future,
+        operation: Option<Arc<str>>,
+        classifier: C,
+        fallback: F,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            operation,
+            classifier,
+            fallback,
+        }
+    }
+
     pub(crate) fn refused(
         error: Error<E>,
         operation: Option<Arc<str>>,

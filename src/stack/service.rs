@@ -1,5 +1,5 @@
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwap;
 use tower_service::Service;
@@ -12,7 +12,7 @@ use super::future::MeteredFuture;
 use super::future::{IntoStackError, ResponseFuture};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
-use super::table::{OperationService, Table};
+use super::table::{OperationService, StackMetrics, Table};
 use crate::classify::Classify;
 #[cfg(feature = "metrics")]
 use crate::error::ThroughLayers;
@@ -31,24 +31,29 @@ use crate::retry::Replay;
 /// # Readiness
 ///
 /// `poll_ready` is always ready: which bulkhead applies is known only once the request is
-/// seen, so each call waits for its own operation's permit inside the response future
-/// (like tower's `Oneshot`), on its own clone of the operation's layers. A full bulkhead thus
-/// rejects that call, not the whole service, and one operation's waiting never holds up
-/// another's.
+/// seen. Each `Resilience` value keeps its own copy of the layers of the operation it called
+/// last; `call` readies that copy at once (with a no-op waker) and, if it is ready (a free
+/// permit: the common case), calls it in place. If it is not, the copy moves into the
+/// response future, which waits there for the operation's permit with the task's waker
+/// (like tower's `Oneshot`), and the next call clones the operation's layers afresh. A full
+/// bulkhead thus rejects or holds that call, not the whole service, and one operation's
+/// waiting never holds up another's.
 ///
 /// # Reloads
 ///
 /// A call takes the operation's layers as they are when it starts: a reload never changes
 /// the rules of a call in flight. The first call after a reload (noticed with one atomic
 /// load) rebuilds the operation layers of this service (and of its clones) from the
-/// per-operation state, which the layer's services share.
+/// per-operation state, which the layer's services share; each value's own copy names the
+/// table it came from, so it is replaced at its next call.
 ///
 /// # Cost
 ///
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
-/// extension lookup and a hash lookup), one hash of a pointer, one clone of the operation's
-/// layers (reference counts, and the inner service), the error metrics' clock read and two
-/// reference counts (unless turned off), and the layers' own costs. No lock, and no
+/// extension lookup and a hash lookup), one hash of a pointer, the layers' own costs on this
+/// value's copy of them (no clone of them when the value is called again for the same
+/// operation; one clone when it is a fresh clone, as axum makes per request), the error
+/// metrics' clock reads and one reference count (unless turned off). No lock, and no
 /// allocation of its own. Figures in `docs/performance.md`.
 pub struct Resilience<
     S,
@@ -59,6 +64,19 @@ pub struct Resilience<
     B: Breakers<C> = PerOperation,
 > {
     shared: Arc<Shared<S, C, P, Sel, F, B>>,
+    /// This service's own copy of the layers of the operation it called last: called in
+    /// place while the table and the operation stay the same, so a call clones no layer.
+    /// Empty in a new clone (a clone per request, as axum makes, costs what it did).
+    local: Option<Local<S, C, P, B>>,
+}
+
+/// The layers of one operation of one table, owned by one [`Resilience`] value.
+struct Local<S, C, P, B: Breakers<C>> {
+    /// The [`Table::id`] the layers came from, and the address of the operation's stack in
+    /// it (compared only while that table is the running one, so the address is its own).
+    table: u64,
+    stack: usize,
+    service: OperationService<S, C, P, B>,
 }
 
 struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
@@ -73,8 +91,7 @@ struct Shared<S, C, P, Sel, F, B: Breakers<C>> {
     fallback: F,
     /// The stack's error metrics (`None`: turned off), recorded around the whole call,
     /// fallback included.
-    #[cfg(feature = "metrics")]
-    metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
+    metrics: StackMetrics<C>,
 }
 
 impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
@@ -93,9 +110,11 @@ where
         fallback: F,
         #[cfg(feature = "metrics")] metrics: Option<ErrorMetricsLayer<ThroughLayers<C>>>,
     ) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let metrics = std::marker::PhantomData;
         let changes = registry.store.subscribe();
         let states = registry.sync();
-        let table = Table::build(&inner, &states, changes, &classifier, &replay);
+        let table = Table::build(&inner, &states, changes, &classifier, &replay, &metrics);
         Resilience {
             shared: Arc::new(Shared {
                 registry,
@@ -105,9 +124,9 @@ where
                 replay,
                 select,
                 fallback,
-                #[cfg(feature = "metrics")]
                 metrics,
             }),
+            local: None,
         }
     }
 
@@ -120,8 +139,7 @@ where
 
     /// Rebuilds the operation layers after a reload, once for this service and its clones.
     #[cold]
-    fn refresh(&self) {
-        let shared = &*self.shared;
+    fn refresh(shared: &Shared<S, C, P, Sel, F, B>) {
         let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         if !shared.table.load().is_stale() {
             return; // a clone got here first
@@ -135,6 +153,7 @@ where
             changes,
             &shared.classifier,
             &shared.replay,
+            &shared.metrics,
         );
         shared.table.store(Arc::new(table));
     }
@@ -144,6 +163,7 @@ impl<S, C, P, Sel, F, B: Breakers<C>> Clone for Resilience<S, C, P, Sel, F, B> {
     fn clone(&self) -> Self {
         Resilience {
             shared: self.shared.clone(),
+            local: None,
         }
     }
 }
@@ -182,12 +202,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let mut table = self.shared.table.load();
+        let Resilience { shared, local } = self;
+        let mut table = shared.table.load();
         if table.is_stale() {
-            self.refresh();
-            table = self.shared.table.load();
+            Self::refresh(shared);
+            table = shared.table.load();
         }
-        let shared = &*self.shared;
+        let shared = &**shared;
         let policy = shared.select.select(&table.policies, &request);
         let stack = table.stack(policy);
         // The operation's name is kept for the fallback only: without one, a call holds no
@@ -196,15 +217,7 @@ where
             .fallback
             .is_active()
             .then(|| stack.policy.name_arc().clone());
-        let future = if stack.policy.enabled {
-            ResponseFuture::new(
-                stack.service.clone(),
-                request,
-                operation,
-                shared.classifier.clone(),
-                shared.fallback.clone(),
-            )
-        } else {
+        let future = if !stack.policy.enabled {
             // The kill switch: refused before any layer or the service is touched.
             ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
@@ -214,15 +227,58 @@ where
                 shared.classifier.clone(),
                 shared.fallback.clone(),
             )
+        } else {
+            let id = std::ptr::from_ref(stack) as usize;
+            let mine = match local {
+                Some(l) if l.table == table.id && l.stack == id => l,
+                _ => local.insert(Local {
+                    table: table.id,
+                    stack: id,
+                    service: stack.service.clone(),
+                }),
+            };
+            // The common case: the bulkhead has a permit and the layers are ready now, so the
+            // call goes through this service's own copy of the layers. Otherwise that copy
+            // moves into the future, which waits with the task's waker (the next call here
+            // clones the operation's layers afresh).
+            match mine
+                .service
+                .poll_ready(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(Ok(())) => ResponseFuture::called(
+                    mine.service.call(request),
+                    operation,
+                    shared.classifier.clone(),
+                    shared.fallback.clone(),
+                ),
+                Poll::Ready(Err(e)) => {
+                    // A service whose readiness failed is not called again.
+                    *local = None;
+                    ResponseFuture::refused(
+                        e.into_stack_error(),
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
+                Poll::Pending => {
+                    let Some(mine) = local.take() else {
+                        unreachable!("filled above");
+                    };
+                    ResponseFuture::new(
+                        mine.service,
+                        request,
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
+            }
         };
         #[cfg(feature = "metrics")]
-        let future = match &shared.metrics {
+        let future = match &stack.metrics {
             Some(metrics) => MeteredFuture::Metered {
-                future: crate::metrics::ResponseFuture::new(
-                    future,
-                    metrics.shared.clone(),
-                    stack.label.clone(),
-                ),
+                future: crate::metrics::ResponseFuture::bound(future, metrics.clone()),
             },
             None => MeteredFuture::Plain { future },
         };

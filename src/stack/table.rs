@@ -30,13 +30,29 @@ pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
 pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
     pub(crate) service: OperationService<S, C, P, B>,
-    /// The `operation` label of the stack's error metrics, its keys built once.
+    /// The stack's error metrics for this operation (`None`: turned off), labelled by the
+    /// policy, their handles registered once per operation and table version.
     #[cfg(feature = "metrics")]
-    pub(crate) label: crate::metrics::Operation,
+    pub(crate) metrics: Option<Arc<crate::metrics::Bound<ThroughLayers<C>>>>,
 }
 
+/// The stack's error metrics layer, as table builds take it.
+#[cfg(feature = "metrics")]
+pub(crate) type StackMetrics<C> = Option<crate::metrics::ErrorMetricsLayer<ThroughLayers<C>>>;
+/// Without feature `metrics`: nothing.
+#[cfg(not(feature = "metrics"))]
+pub(crate) type StackMetrics<C> = std::marker::PhantomData<C>;
+
 impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
-    fn build(inner: &S, state: &OperationState<C, B>, classifier: &C, replay: &P) -> Self {
+    fn build(
+        inner: &S,
+        state: &OperationState<C, B>,
+        classifier: &C,
+        replay: &P,
+        metrics: &StackMetrics<C>,
+    ) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = metrics;
         let policy = &state.policy;
         // Innermost first.
         let attempt = TimeoutLayer::attempt_from(policy).layer(inner.clone());
@@ -50,7 +66,13 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let service = state.bulkhead.layer(total);
         OperationStack {
             #[cfg(feature = "metrics")]
-            label: crate::metrics::Operation::new(super::metrics::label(policy.name_arc())),
+            metrics: metrics.as_ref().map(|layer| {
+                let label = super::metrics::label(policy.name_arc());
+                Arc::new(crate::metrics::Bound::new(
+                    layer,
+                    crate::metrics::Operation::new(label),
+                ))
+            }),
             policy: policy.clone(),
             service,
         }
@@ -59,6 +81,9 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
 
 /// Every operation's stack for one version of the policy table.
 pub(crate) struct Table<S, C, P, B: Breakers<C>> {
+    /// Unique in the process (tables are numbered as they are built): a service's own copy
+    /// of an operation's layers names the table it came from by this.
+    pub(crate) id: u64,
     pub(crate) policies: Arc<Policies>,
     /// Fires when the store swaps in another table: this one is then stale.
     pub(crate) changes: watch::Receiver<Arc<Policies>>,
@@ -75,20 +100,23 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
         changes: watch::Receiver<Arc<Policies>>,
         classifier: &C,
         replay: &P,
+        metrics: &StackMetrics<C>,
     ) -> Self {
         let policies = states.policies.clone();
-        let defaults = OperationStack::build(inner, &states.defaults, classifier, replay);
+        let defaults = OperationStack::build(inner, &states.defaults, classifier, replay, metrics);
         let operations = policies
             .operations()
             .filter_map(|p| {
                 let state = states.operations.get(p.name())?;
                 Some((
                     Arc::as_ptr(p) as usize,
-                    OperationStack::build(inner, state, classifier, replay),
+                    OperationStack::build(inner, state, classifier, replay, metrics),
                 ))
             })
             .collect();
+        static TABLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Table {
+            id: TABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             policies,
             changes,
             defaults,
