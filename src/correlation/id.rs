@@ -21,14 +21,17 @@ impl CorrelationId {
     /// A fresh UUIDv7 in its hyphenated lowercase form (`0190a5b4-7c1e-7d3a-...`).
     ///
     /// UUIDv7 starts with the Unix time in milliseconds, so IDs sort by creation time in logs
-    /// and databases; the remaining 74 bits are random, drawn from a thread-local generator
-    /// (no lock, no system call). IDs made within the same millisecond are unique but not
+    /// and databases. Each thread generates its own IDs, with no lock and no system call
+    /// after its first: the millisecond, then a 42-bit counter that restarts at a random value
+    /// each millisecond (RFC 9562's method 1), then 32 random bits from a per-thread generator
+    /// seeded from the operating system. The IDs of one thread strictly increase, even within a
+    /// millisecond; IDs of different threads within the same millisecond are unique but not
     /// ordered among themselves.
     pub fn generate() -> Self {
-        let uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        uuid.hyphenated().encode_lower(&mut buf);
-        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+        let text = super::uuid7::hyphenated(super::uuid7::next());
+        // `from_owner` makes the one allocation every clone of the ID then shares (a
+        // reference count, like an ID that arrived on a request).
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(text))
             .expect("a hyphenated UUID is a valid header value");
         CorrelationId(value)
     }

@@ -67,6 +67,7 @@ pub mod otel;
 mod propagate;
 mod service;
 mod task;
+mod uuid7;
 
 use http::HeaderName;
 
