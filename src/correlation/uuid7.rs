@@ -113,18 +113,28 @@ fn layout(millis: u64, counter: u64, random: u32) -> u128 {
 
 /// `bits` in the hyphenated lowercase form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub(crate) fn hyphenated(bits: u128) -> [u8; LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; LEN];
-    let mut at = 0;
-    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(byte >> 4)];
-        out[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
-    }
+    let [a, b, c, d] = [96, 64, 32, 0].map(|shift| hex8((bits >> shift) as u32));
+    out[0..8].copy_from_slice(&a);
+    out[9..13].copy_from_slice(&b[..4]);
+    out[14..18].copy_from_slice(&b[4..]);
+    out[19..23].copy_from_slice(&c[..4]);
+    out[24..28].copy_from_slice(&c[4..]);
+    out[28..36].copy_from_slice(&d);
     out
+}
+
+/// The 8 lowercase hex digits of `x`, most significant first, computed in one register: each
+/// nibble is spread into its own byte, then offset to `0`-`9` or `a`-`f` without a branch.
+fn hex8(x: u32) -> [u8; 8] {
+    let mut x = u64::from(x);
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries into bit 4).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    // `0` is 0x30; `a` is 0x27 past `0` + 10.
+    (x + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -144,6 +154,18 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&hyphenated(bits)).unwrap(),
             "0190a5b4-7c1e-7abc-9234-5678deadbeef"
+        );
+    }
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        for x in [0, 1, 9, 10, 15, 16, 0xdead_beef, 0x0123_4567, 0x89ab_cdef, u32::MAX] {
+            assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
+        }
+        let bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        assert_eq!(
+            std::str::from_utf8(&hyphenated(bits)).unwrap(),
+            "01234567-89ab-cdef-fedc-ba9876543210"
         );
     }
 
