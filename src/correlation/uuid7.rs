@@ -159,7 +159,18 @@ mod tests {
 
     #[test]
     fn hex_digits_match_the_formatter() {
-        for x in [0, 1, 9, 10, 15, 16, 0xdead_beef, 0x0123_4567, 0x89ab_cdef, u32::MAX] {
+        for x in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0xdead_beef,
+            0x0123_4567,
+            0x89ab_cdef,
+            u32::MAX,
+        ] {
             assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
         }
         let bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
