@@ -153,8 +153,9 @@ async fn propagation_adds_the_current_id_to_http_requests() {
 fn the_same_id_is_picked_with_few_or_many_other_headers() {
     const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
-    // (headers in order, the ID expected or None for a generated one)
-    let cases: Vec<(Vec<(&str, &str)>, Option<&str>)> = vec![
+    // The headers in order, and the ID expected (`None`: a generated one).
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (vec![("x-request-id", "order-1")], Some("order-1")),
         (
             vec![("traceparent", &traceparent), ("x-request-id", "order-1")],
