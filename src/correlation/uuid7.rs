@@ -20,7 +20,9 @@
 //!
 //! Threads do not coordinate. Each has its own generator state seeded once from the
 //! operating system. Two threads' IDs can collide only if they share the millisecond, the
-//! counter's random start plus offset, and 32 random bits.
+//! counter's random start plus offset, and 32 random bits. One case is not covered: a process
+//! that `fork`s without `exec` after generating IDs gives the child a copy of the forking
+//! thread's state, so the two would make the same IDs in the same milliseconds.
 //!
 //! The random bits come from wyrand (a 64-bit counter mixed by one 128-bit multiply). It is
 //! fast and statistically sound, but not cryptographic. A correlation ID is a label for logs,
