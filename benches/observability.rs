@@ -129,6 +129,15 @@ fn correlation(c: &mut Criterion) {
     cpu(&mut g, "hostile_id_replaced", || {
         now(layered.call(black_box(request(Some("a b c")))))
     });
+    cpu(&mut g, "baseline_without_id_as_served", || {
+        now(plain.call(black_box(served(None))))
+    });
+    cpu(&mut g, "generated_id_as_served", || {
+        now(layered.call(black_box(served(None))))
+    });
+    cpu(&mut g, "hostile_id_replaced_as_served", || {
+        now(layered.call(black_box(served(Some("a b c")))))
+    });
     cpu(&mut g, "generate_uuid_v7", CorrelationId::generate);
 
     // Two threads at once, each with its own clone of one layer's service (as a server's
@@ -293,6 +302,14 @@ fn count_instructions(name: &str, calls: u64) {
         "hostile_id_replaced" => repeat(calls, || {
             now(correlated.call(black_box(request(Some("a b c")))))
         }),
+        "baseline_without_id_as_served" => {
+            repeat(calls, || now(plain.call(black_box(served(None)))))
+        }
+        "generated_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(None))))),
+        "hostile_id_replaced_as_served" => repeat(calls, || {
+            now(correlated.call(black_box(served(Some("a b c")))))
+        }),
+        "generate_uuid_v7" => repeat(calls, CorrelationId::generate),
         "metrics_success" => repeat(calls, || now(ok.call(black_box(request(None))))),
         "metrics_failure" => repeat(calls, || now(failing.call(black_box(request(None))))),
         other => panic!("unknown case `{other}`"),

@@ -146,3 +146,64 @@ async fn propagation_adds_the_current_id_to_http_requests() {
         .unwrap();
     assert_eq!(seen.unwrap(), "outer-7");
 }
+
+/// The layer finds the ID by one pass over a small header map and by hashed look-ups over a
+/// large one: both must pick the same ID, whatever the headers' order and repeats.
+#[test]
+fn the_same_id_is_picked_with_few_or_many_other_headers() {
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    // The headers in order, and the ID expected (`None`: a generated one).
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (vec![("x-request-id", "order-1")], Some("order-1")),
+        (
+            vec![("traceparent", &traceparent), ("x-request-id", "order-1")],
+            Some("order-1"),
+        ),
+        (
+            vec![("x-request-id", "a b"), ("traceparent", &traceparent)],
+            Some(TRACE_ID),
+        ),
+        (vec![("traceparent", &traceparent)], Some(TRACE_ID)),
+        (vec![("x-request-id", "a b")], None),
+        // Only the first value of a repeated header counts, as with `HeaderMap::get`.
+        (
+            vec![("x-request-id", "a b"), ("x-request-id", "order-2")],
+            None,
+        ),
+        (
+            vec![("x-request-id", "order-3"), ("x-request-id", "a b")],
+            Some("order-3"),
+        ),
+        (
+            vec![("traceparent", "garbage"), ("traceparent", &traceparent)],
+            None,
+        ),
+        (vec![], None),
+    ];
+    for fillers in [0, 3, 20] {
+        for (headers, expected) in &cases {
+            let mut builder = Request::builder();
+            for i in 0..fillers {
+                builder = builder.header(format!("x-filler-{i}"), "1");
+            }
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let res = run(echo_service().oneshot(builder.body(()).unwrap())).unwrap();
+            let echoed = res.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
+            match expected {
+                Some(id) => assert_eq!(&echoed, id, "{headers:?} with {fillers} others"),
+                None => {
+                    let uuid = echoed.parse::<uuid::Uuid>().unwrap();
+                    assert_eq!(
+                        uuid.get_version_num(),
+                        7,
+                        "{headers:?} with {fillers} others"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -8,11 +8,21 @@ use http::HeaderValue;
 /// One request's correlation ID: visible ASCII, no spaces or control characters, at most
 /// [`CorrelationId::MAX_LEN`] bytes.
 ///
-/// It is a validated [`HeaderValue`], so putting it on a request or response is a
-/// reference-count bump, never a copy or a re-validation. An ID that arrived on a request
-/// shares the request's buffer; a generated one is a single 36-byte allocation.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CorrelationId(HeaderValue);
+/// Cloning is cheap either way. An ID that arrived on a request is that request's validated
+/// [`HeaderValue`], so a clone is a reference-count bump on the request's own buffer. A
+/// [generated](Self::generate) one holds its 36 bytes of text inline, so a clone is a copy
+/// with no allocation and no reference count, and the ID can sit in the request's
+/// extensions, the task-local and the span for nothing more.
+#[derive(Clone)]
+pub struct CorrelationId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Taken from a header (or parsed): validated, sharing the header's buffer.
+    Header(HeaderValue),
+    /// Generated here: hyphenated lowercase hex, valid by construction.
+    Uuid([u8; super::uuid7::LEN]),
+}
 
 impl CorrelationId {
     /// The longest ID accepted from a peer, in bytes.
@@ -21,16 +31,14 @@ impl CorrelationId {
     /// A fresh UUIDv7 in its hyphenated lowercase form (`0190a5b4-7c1e-7d3a-...`).
     ///
     /// UUIDv7 starts with the Unix time in milliseconds, so IDs sort by creation time in logs
-    /// and databases; the remaining 74 bits are random, drawn from a thread-local generator
-    /// (no lock, no system call). IDs made within the same millisecond are unique but not
+    /// and databases. Each thread generates its own IDs, with no lock and no system call
+    /// after its first: the millisecond, then a 42-bit counter that restarts at a random value
+    /// each millisecond (RFC 9562's method 1), then 32 random bits from a per-thread generator
+    /// seeded from the operating system. The IDs of one thread strictly increase, even within a
+    /// millisecond; IDs of different threads within the same millisecond are unique but not
     /// ordered among themselves.
     pub fn generate() -> Self {
-        let uuid = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        uuid.hyphenated().encode_lower(&mut buf);
-        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
-            .expect("a hyphenated UUID is a valid header value");
-        CorrelationId(value)
+        CorrelationId(Repr::Uuid(super::uuid7::hyphenated(super::uuid7::next())))
     }
 
     /// Whether `bytes` is an acceptable ID: 1 to [`MAX_LEN`](Self::MAX_LEN) bytes, each a
@@ -46,12 +54,14 @@ impl CorrelationId {
         if !Self::is_valid(bytes) {
             return None;
         }
-        HeaderValue::from_bytes(bytes).ok().map(CorrelationId)
+        HeaderValue::from_bytes(bytes)
+            .ok()
+            .map(|value| CorrelationId(Repr::Header(value)))
     }
 
     /// The ID in a header value, if it [is valid](Self::is_valid). Shares the value's buffer.
     pub fn from_header(value: &HeaderValue) -> Option<Self> {
-        Self::is_valid(value.as_bytes()).then(|| CorrelationId(value.clone()))
+        Self::is_valid(value.as_bytes()).then(|| CorrelationId(Repr::Header(value.clone())))
     }
 
     /// The trace ID of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), as an ID,
@@ -64,12 +74,27 @@ impl CorrelationId {
     /// The ID as text.
     pub fn as_str(&self) -> &str {
         // Only visible ASCII gets in, so this never fails.
-        self.0.to_str().unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
-    /// The ID as a header value, ready to insert.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
+    /// The ID's bytes (visible ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Header(value) => value.as_bytes(),
+            Repr::Uuid(text) => text,
+        }
+    }
+
+    /// The ID as a header value, ready to insert. For an ID taken from a header, that header's
+    /// value (a reference-count bump); for a generated one, a new value in one 36-byte
+    /// allocation, which its own clones then share.
+    pub fn header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Repr::Header(value) => value.clone(),
+            // `from_owner` makes the one allocation the value's clones share.
+            Repr::Uuid(text) => HeaderValue::from_maybe_shared(Bytes::from_owner(*text))
+                .expect("a hyphenated UUID is a valid header value"),
+        }
     }
 
     /// The ID of the request being handled by the current task, if a
@@ -101,7 +126,25 @@ impl AsRef<str> for CorrelationId {
 
 impl From<CorrelationId> for HeaderValue {
     fn from(id: CorrelationId) -> Self {
-        id.0
+        match id.0 {
+            Repr::Header(value) => value,
+            Repr::Uuid(_) => id.header_value(),
+        }
+    }
+}
+
+/// Two IDs are equal when their text is, wherever each came from.
+impl PartialEq for CorrelationId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for CorrelationId {}
+
+impl std::hash::Hash for CorrelationId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
     }
 }
 

@@ -50,9 +50,11 @@
 //! # Cost
 //!
 //! With an ID present, a call costs a validation pass over the ID, a few reference-count bumps
-//! (request header, extension, task-local, echo), a span (nearly free when no subscriber wants
-//! it) and no allocation other than the extension map's first insert. A generated ID is one
-//! 36-byte allocation. See `docs/performance.md`.
+//! on the request's own buffer (extension, task-local, echo), a span (nearly free when no
+//! subscriber wants it) and no allocation other than the extension map's first insert. A
+//! generated ID is made on the calling thread with no lock: a clock read, a counter and a
+//! per-thread random generator. Its text is kept inline, so its copies cost nothing, and the
+//! request header and the echo share one 36-byte allocation. See `docs/performance.md`.
 //!
 //! # Cancellation
 //!
@@ -67,6 +69,7 @@ pub mod otel;
 mod propagate;
 mod service;
 mod task;
+mod uuid7;
 
 use http::HeaderName;
 
