@@ -133,7 +133,7 @@ fn with_current_id(mut request: ClientRequest) -> ClientRequest {
     if !headers.contains_key(X_REQUEST_ID)
         && let Some(id) = CorrelationId::current()
     {
-        headers.insert(X_REQUEST_ID, id.header_value().clone());
+        headers.insert(X_REQUEST_ID, id.header_value());
     }
     request
 }
