@@ -229,16 +229,23 @@ pub enum RetryStop {
     BudgetExhausted,
     /// The deadline could not fit the backoff and another attempt.
     Deadline,
+    /// The failure asked for a wait (its `retry_after`: a `Retry-After` header, gRPC
+    /// pushback, an open breaker's time to its next probe) longer than the policy's
+    /// `max_delay`. Retrying sooner than asked would only be refused again, so the failure
+    /// goes back to the caller, with its `retry_after`, at once.
+    RetryAfterTooLong,
 }
 
 impl RetryStop {
-    /// `"not_retryable"`, `"max_retries"`, `"budget_exhausted"` or `"deadline"`, for labels.
+    /// `"not_retryable"`, `"max_retries"`, `"budget_exhausted"`, `"deadline"` or
+    /// `"retry_after_too_long"`, for labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             RetryStop::NotRetryable => "not_retryable",
             RetryStop::MaxRetries => "max_retries",
             RetryStop::BudgetExhausted => "budget_exhausted",
             RetryStop::Deadline => "deadline",
+            RetryStop::RetryAfterTooLong => "retry_after_too_long",
         }
     }
 }

@@ -159,7 +159,7 @@ async fn seeded_jitter_gives_an_exact_reproducible_sequence() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_overrides_the_backoff_capped_and_jittered_up_to_half_again() {
+async fn retry_after_overrides_the_backoff_jittered_up_to_half_again() {
     let p = policy(1, Jitter::None);
     for seed in 0..20 {
         // The server asks for 300 ms: wait between 300 and 450 ms, not the 100 ms backoff.
@@ -177,10 +177,10 @@ async fn retry_after_overrides_the_backoff_capped_and_jittered_up_to_half_again(
             "{gap:?}"
         );
 
-        // It asks for an hour: the 2 s cap applies, then up to 1.5x.
+        // Exactly `max_delay` (2 s) is still waited for.
         let flaky = Flaky::new(1, || Fault {
             transience: Transience::Transient,
-            retry_after: Some(Duration::from_secs(3600)),
+            retry_after: Some(Duration::from_secs(2)),
         });
         let service = RetryLayer::new("op", p, SelfClassified)
             .with_seed(seed)
@@ -192,6 +192,35 @@ async fn retry_after_overrides_the_backoff_capped_and_jittered_up_to_half_again(
             "{gap:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_longer_than_max_delay_is_not_waited_out_but_returned_at_once() {
+    // The server asks for an hour; the policy waits at most 2 s. Retrying after 2 s would be
+    // refused again, so the failure goes back at once, its retry-after intact.
+    let flaky = Flaky::new(1, || Fault {
+        transience: Transience::Transient,
+        retry_after: Some(Duration::from_secs(3600)),
+    });
+    let started = Instant::now();
+    let err = RetryLayer::new("quotes", policy(3, Jitter::None), SelfClassified)
+        .layer(flaky.clone())
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(Instant::now(), started, "no backoff was slept");
+    let Error::Retried(r) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((r.attempts, r.stop), (1, RetryStop::RetryAfterTooLong));
+    let Error::Inner(fault) = &*r.last else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        fault.classification().retry_after,
+        Some(Duration::from_secs(3600))
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -131,6 +131,13 @@ where
                         Some(RetryStop::MaxRetries)
                     } else if this.request.is_none() {
                         Some(RetryStop::NotRetryable)
+                    } else if class
+                        .retry_after
+                        .is_some_and(|asked| asked > shared.policy.max_delay)
+                    {
+                        // Asked to stay away longer than this policy waits: a retry before
+                        // then would be refused again (or hit a dependency that asked for quiet).
+                        Some(RetryStop::RetryAfterTooLong)
                     } else {
                         None
                     };

@@ -53,6 +53,11 @@
 //! # When it stops
 //!
 //! - after `max_retries` retries;
+//! - when the failure asks for a longer wait than `max_delay` (its `retry_after`: a
+//!   `Retry-After` header, gRPC pushback, an open breaker's time to its next probe): a retry
+//!   sooner than asked would be refused again, so the failure comes back at once with its
+//!   `retry_after` for the caller (a wait it asks for up to `max_delay` is honoured, plus up
+//!   to half again as jitter);
 //! - when the [`RetryBudget`] (shared by all clones of the layer) has no retry left;
 //! - when the task's [`Deadline`](crate::timeout::Deadline) (set by a total
 //!   [`TimeoutLayer`](crate::timeout::TimeoutLayer) outside, or upstream) cannot fit the
