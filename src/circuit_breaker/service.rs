@@ -123,7 +123,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         match self.breaker.admit() {
             Admission::Reject(retry_after) => ResponseFuture::rejected(CircuitOpen {
-                breaker: self.breaker.name.clone(),
+                breaker: self.breaker.reject_name.clone(),
                 retry_after,
             }),
             admission => {
