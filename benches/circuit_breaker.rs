@@ -6,7 +6,8 @@
 //!   compares with the sequential figure: equal means contention costs nothing.
 //! - `closed_success/64_tasks_1_worker`: the same on one worker, the control: what the task
 //!   machinery costs without any cross-core traffic.
-//! - `open_rejection/sequential`: calls rejected by an open breaker.
+//! - `open_rejection/sequential`: calls rejected by an open breaker (named `bench`, and under
+//!   a name too long to be held in place by the error, which then shares the breaker's copy).
 //! - `primitives`: a clock read, an `Arc` clone and drop, an atomic add, for scale.
 //!
 //! Every figure is CPU time per call (all threads of the process, from
@@ -53,12 +54,23 @@ fn palisade_breaker(
     rt: &tokio::runtime::Runtime,
     window: WindowType,
 ) -> palisade::circuit_breaker::CircuitBreaker<Noop, Classifier> {
+    named_breaker(rt, window, "bench")
+}
+
+/// [`palisade_breaker`] under another name: a name longer than
+/// [`BreakerName::INLINE`](palisade::error::BreakerName::INLINE) bytes is shared, not copied,
+/// by each rejection.
+fn named_breaker(
+    rt: &tokio::runtime::Runtime,
+    window: WindowType,
+    name: &str,
+) -> palisade::circuit_breaker::CircuitBreaker<Noop, Classifier> {
     let _runtime = rt.enter();
     let mut policy = CircuitBreakerPolicy::default();
     policy.window_type = window;
     policy.consecutive_failures = 1;
     policy.minimum_calls = 1;
-    let layer = CircuitBreakerLayer::new("bench", policy, classify as Classifier);
+    let layer = CircuitBreakerLayer::new(name, policy, classify as Classifier);
     ServiceBuilder::new().layer(layer).service(inner())
 }
 
@@ -258,6 +270,9 @@ fn primitives(c: &mut Criterion) {
     g.finish();
 }
 
+/// A keyed breaker's kind of name, too long to be held in place by `CircuitOpen`.
+const LONG_NAME: &str = "payment_gateway/10.20.30.40:8443";
+
 fn open_rejection(c: &mut Criterion) {
     let one_worker = one_worker();
     let mut g = c.benchmark_group("open_rejection/sequential");
@@ -266,6 +281,12 @@ fn open_rejection(c: &mut Criterion) {
         let handle = svc.handle();
         sequential(&one_worker, &svc, false, 1);
         assert_eq!(handle.state(), CircuitState::Open);
+        b.iter_custom(|iters| sequential(&one_worker, &svc, true, iters))
+    });
+    g.bench_function("palisade, long name (shared)", |b| {
+        let svc = named_breaker(&one_worker, WindowType::Time, LONG_NAME);
+        sequential(&one_worker, &svc, false, 1);
+        assert_eq!(svc.handle().state(), CircuitState::Open);
         b.iter_custom(|iters| sequential(&one_worker, &svc, true, iters))
     });
     g.bench_function("tower-resilience 0.13", |b| {
@@ -305,6 +326,7 @@ fn count_instructions(name: &str, calls: u64) {
     let rt = one_worker();
     let time = palisade_breaker(&rt, WindowType::Time);
     let count = palisade_breaker(&rt, WindowType::Count);
+    let long = named_breaker(&rt, WindowType::Time, LONG_NAME);
     rt.block_on(async {
         match name {
             "baseline" => run(inner(), true, calls).await,
@@ -312,6 +334,12 @@ fn count_instructions(name: &str, calls: u64) {
             "palisade-count" => run(count, true, calls).await,
             "palisade-open" => {
                 let mut svc = time;
+                run(&mut svc, false, 1).await;
+                assert_eq!(svc.handle().state(), CircuitState::Open);
+                run(svc, true, calls).await
+            }
+            "palisade-open-long-name" => {
+                let mut svc = long;
                 run(&mut svc, false, 1).await;
                 assert_eq!(svc.handle().state(), CircuitState::Open);
                 run(svc, true, calls).await

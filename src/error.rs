@@ -423,7 +423,7 @@ impl Classified for BulkheadFull {
 )]
 pub struct CircuitOpen {
     /// The breaker's name (operation, or operation and key).
-    pub breaker: Arc<str>,
+    pub breaker: BreakerName,
     /// How long until the breaker lets a probe through.
     pub retry_after: Duration,
 }
@@ -437,6 +437,181 @@ impl Classified for CircuitOpen {
             Code::from_static("circuit_open"),
         )
         .with_retry_after(self.retry_after)
+    }
+}
+
+/// The name of a circuit breaker, as [`CircuitOpen`] carries it: a string that reads as a
+/// `str` (it derefs to one), displays, compares and hashes as one.
+///
+/// A rejection hands a copy of the breaker's name to the caller. A short name (up to
+/// [`BreakerName::INLINE`] bytes, which covers most operation names) is held in place, so
+/// that copy, and its drop, are a few plain byte moves; a longer one shares the breaker's
+/// `Arc<str>` (a reference count increment and decrement). Build one from a `&str`, a `String`
+/// or an `Arc<str>`; [`BreakerName::to_arc`] gives an `Arc<str>` back.
+#[derive(Clone)]
+pub struct BreakerName(NameRepr);
+
+#[derive(Clone)]
+enum NameRepr {
+    Inline {
+        len: u8,
+        bytes: [u8; BreakerName::INLINE],
+    },
+    Shared(Arc<str>),
+}
+
+impl BreakerName {
+    /// The longest name, in bytes, held in place rather than shared.
+    pub const INLINE: usize = 22;
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always valid: the bytes were copied whole from a `str`.
+            NameRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            NameRepr::Shared(name) => name,
+        }
+    }
+
+    /// The name as an `Arc<str>` (shared if it is held that way, else a new allocation).
+    pub fn to_arc(&self) -> Arc<str> {
+        match &self.0 {
+            NameRepr::Inline { .. } => Arc::from(self.as_str()),
+            NameRepr::Shared(name) => name.clone(),
+        }
+    }
+
+    fn inline(name: &str) -> Option<Self> {
+        let mut bytes = [0; Self::INLINE];
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
+        Some(BreakerName(NameRepr::Inline {
+            len: name.len() as u8,
+            bytes,
+        }))
+    }
+}
+
+impl std::ops::Deref for BreakerName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for BreakerName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for BreakerName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for BreakerName {
+    fn from(name: &str) -> Self {
+        Self::inline(name).unwrap_or_else(|| BreakerName(NameRepr::Shared(Arc::from(name))))
+    }
+}
+
+impl From<String> for BreakerName {
+    fn from(name: String) -> Self {
+        Self::inline(&name).unwrap_or_else(|| BreakerName(NameRepr::Shared(Arc::from(name))))
+    }
+}
+
+impl From<Arc<str>> for BreakerName {
+    fn from(name: Arc<str>) -> Self {
+        Self::inline(&name).unwrap_or(BreakerName(NameRepr::Shared(name)))
+    }
+}
+
+impl From<&Arc<str>> for BreakerName {
+    fn from(name: &Arc<str>) -> Self {
+        Self::inline(name).unwrap_or_else(|| BreakerName(NameRepr::Shared(name.clone())))
+    }
+}
+
+impl From<BreakerName> for Arc<str> {
+    fn from(name: BreakerName) -> Self {
+        match name.0 {
+            NameRepr::Shared(name) => name,
+            NameRepr::Inline { .. } => Arc::from(name.as_str()),
+        }
+    }
+}
+
+impl From<BreakerName> for String {
+    fn from(name: BreakerName) -> Self {
+        name.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for BreakerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for BreakerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for BreakerName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for BreakerName {}
+
+impl PartialEq<str> for BreakerName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for BreakerName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<BreakerName> for str {
+    fn eq(&self, other: &BreakerName) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<BreakerName> for &str {
+    fn eq(&self, other: &BreakerName) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialOrd for BreakerName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BreakerName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for BreakerName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -599,5 +774,61 @@ mod tests {
                 .downcast_ref::<std::io::Error>()
                 .is_some()
         );
+    }
+    #[test]
+    fn breaker_names_read_the_same_held_in_place_or_shared() {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        fn hash(name: &BreakerName) -> u64 {
+            let mut h = DefaultHasher::new();
+            name.hash(&mut h);
+            h.finish()
+        }
+        let exactly = "é".repeat(BreakerName::INLINE / 2); // 22 bytes, 11 chars
+        let long = format!("{exactly}x");
+        for text in [
+            "",
+            "ledger_read",
+            exactly.as_str(),
+            long.as_str(),
+            "payment_gateway/127.0.0.1:9",
+        ] {
+            let names = [
+                BreakerName::from(text),
+                BreakerName::from(text.to_owned()),
+                BreakerName::from(Arc::<str>::from(text)),
+                BreakerName::from(&Arc::<str>::from(text)),
+            ];
+            for name in &names {
+                assert_eq!(name.as_str(), text);
+                assert_eq!(&**name, text);
+                assert_eq!(name.to_string(), text);
+                assert_eq!(format!("{name:?}"), format!("{text:?}"));
+                assert_eq!(*name, text);
+                assert_eq!(name.clone(), names[0]);
+                assert_eq!(hash(name), hash(&names[0]));
+                assert_eq!(&*name.to_arc(), text);
+                assert_eq!(&*Arc::<str>::from(name.clone()), text);
+                assert_eq!(String::from(name.clone()), text);
+            }
+            assert_eq!(
+                matches!(names[0].0, NameRepr::Inline { .. }),
+                text.len() <= BreakerName::INLINE,
+                "{text}"
+            );
+        }
+        // A long name keeps sharing the breaker's string.
+        let shared: Arc<str> = Arc::from(long.as_str());
+        assert!(Arc::ptr_eq(&BreakerName::from(&shared).to_arc(), &shared));
+        let open = CircuitOpen {
+            breaker: long.as_str().into(),
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            open.to_string(),
+            format!("circuit breaker `{long}` is open; next probe in 1s 500ms")
+        );
+        // The error stays small to move: no bigger than a timeout's.
+        assert!(std::mem::size_of::<CircuitOpen>() <= 40);
     }
 }

@@ -36,6 +36,7 @@ use super::settings::{PROBE_LIMIT, Settings, nanos};
 use super::tick::{self, Coarse, UNAVAILABLE};
 use super::window::{self, Sample, Totals, Window};
 use crate::classify::Outcome;
+use crate::error::BreakerName;
 use crate::policy::CircuitBreakerPolicy;
 
 const STATE_MASK: u64 = 0b11;
@@ -127,6 +128,9 @@ pub(crate) struct Breaker {
     window: Window,
     pub(crate) settings: Settings,
     pub(crate) name: Arc<str>,
+    /// The name as a rejection carries it: held in place when short, so a rejection's copy
+    /// and its drop touch no reference count.
+    pub(crate) reject_name: BreakerName,
     base: Instant,
     open_until: AtomicU64,
     /// When the current open period began: a rejection judged on the ticker's time reports
@@ -205,6 +209,7 @@ impl Breaker {
             coarse: Padded(Coarse::unavailable()),
             window,
             settings,
+            reject_name: BreakerName::from(&name),
             name,
             base,
             open_until: AtomicU64::new(0),

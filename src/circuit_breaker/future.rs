@@ -15,15 +15,15 @@ pin_project! {
     /// Dropping it before it finishes records nothing and gives back a half-open probe slot.
     pub struct ResponseFuture<F, C> {
         #[pin]
-        kind: Kind<F>,
-        record: Option<(Ticket, C)>,
+        kind: Kind<F, C>,
     }
 }
 
 pin_project! {
+    // The ticket lives in the called variant only, so a rejection has nothing else to drop.
     #[project = KindProj]
-    enum Kind<F> {
-        Called { #[pin] future: F },
+    enum Kind<F, C> {
+        Called { #[pin] future: F, record: Option<(Ticket, C)> },
         Rejected { error: Option<CircuitOpen> },
     }
 }
@@ -34,15 +34,16 @@ impl<F, C> ResponseFuture<F, C> {
         C: Clone,
     {
         ResponseFuture {
-            kind: Kind::Called { future },
-            record: ticket.map(|t| (t, classifier.clone())),
+            kind: Kind::Called {
+                future,
+                record: ticket.map(|t| (t, classifier.clone())),
+            },
         }
     }
 
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { error: Some(error) },
-            record: None,
         }
     }
 }
@@ -55,11 +56,10 @@ where
     type Output = Result<T, Error<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.kind.project() {
-            KindProj::Called { future } => {
+        match self.project().kind.project() {
+            KindProj::Called { future, record } => {
                 let result = ready!(future.poll(cx));
-                if let Some((ticket, classifier)) = this.record.take() {
+                if let Some((ticket, classifier)) = record.take() {
                     ticket.finish(&classifier.outcome(result.as_ref()));
                 }
                 Poll::Ready(result.map_err(Error::Inner))
@@ -76,7 +76,16 @@ where
 impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("recording", &self.record.is_some())
+            .field(
+                "recording",
+                &matches!(
+                    &self.kind,
+                    Kind::Called {
+                        record: Some(_),
+                        ..
+                    }
+                ),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -235,7 +235,7 @@ where
         let breaker = self.registry.get(&(self.key)(&request));
         match breaker.admit() {
             Admission::Reject(retry_after) => ResponseFuture::rejected(CircuitOpen {
-                breaker: breaker.name.clone(),
+                breaker: breaker.reject_name.clone(),
                 retry_after,
             }),
             admission => {

@@ -21,7 +21,9 @@ use crate::error::{CircuitOpen, Error};
 /// the classifier and records it.
 ///
 /// **Cost.** Closed-state calls take no lock and allocate nothing: one atomic load to admit,
-/// one atomic add (plus one clock read with a time window) to record.
+/// one atomic add (plus one clock read with a time window) to record. An open-state rejection
+/// costs one atomic add (the rejection count) and a copy of the breaker's name into the error
+/// ([`BreakerName`](crate::error::BreakerName): no reference count for names of up to 22 bytes).
 ///
 /// **Cancellation.** Dropping the response future records nothing; a probe's slot is given
 /// back at once, so a half-open breaker cannot be stuck by probes that never finish.
@@ -123,7 +125,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         match self.breaker.admit() {
             Admission::Reject(retry_after) => ResponseFuture::rejected(CircuitOpen {
-                breaker: self.breaker.name.clone(),
+                breaker: self.breaker.reject_name.clone(),
                 retry_after,
             }),
             admission => {

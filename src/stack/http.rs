@@ -180,7 +180,7 @@ pub fn problem_response<B: From<Bytes>, E: Display>(
 ) -> Response<B> {
     let (status, retry_after) = status_of(error, overload);
     let last = error.last_attempt();
-    let (code, operation) = match last {
+    let (code, operation): (_, Option<&str>) = match last {
         Error::Timeout(e) => (e.classification().code, Some(&e.operation)),
         Error::BulkheadFull(e) => (e.classification().code, Some(&e.bulkhead)),
         Error::CircuitOpen(e) => (e.classification().code, Some(&e.breaker)),

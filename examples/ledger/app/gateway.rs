@@ -251,7 +251,7 @@ impl GatewayClient {
             _ => return None,
         };
         Some(CircuitOpen {
-            breaker: Arc::clone(breaker.name()),
+            breaker: Arc::clone(breaker.name()).into(),
             retry_after,
         })
     }
