@@ -15,49 +15,14 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::routing::get;
-use bytes::{Buf, BufMut};
 use palisade::correlation::{CorrelationId, CorrelationLayer, PropagateCorrelationLayer};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
-/// Messages are raw UTF-8 strings: enough to carry an ID without protobuf code generation.
-#[derive(Clone, Copy, Default)]
-struct Utf8Codec;
-
-impl Codec for Utf8Codec {
-    type Encode = String;
-    type Decode = String;
-    type Encoder = Utf8Codec;
-    type Decoder = Utf8Codec;
-    fn encoder(&mut self) -> Self::Encoder {
-        Utf8Codec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        Utf8Codec
-    }
-}
-
-impl Encoder for Utf8Codec {
-    type Item = String;
-    type Error = Status;
-    fn encode(&mut self, item: String, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(item.as_bytes());
-        Ok(())
-    }
-}
-
-impl Decoder for Utf8Codec {
-    type Item = String;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<String>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        String::from_utf8(bytes.to_vec())
-            .map(Some)
-            .map_err(|_| Status::invalid_argument("not UTF-8"))
-    }
-}
+#[path = "support/utf8_codec.rs"]
+mod utf8_codec;
+use utf8_codec::Utf8Codec;
 
 /// `/test.WhoAmI/Get`: answers "<task-local ID> <x-request-id metadata>".
 #[derive(Clone)]

@@ -1,36 +1,16 @@
 //! What reaches the logs: the correlation ID on every line of a request, and never a secret.
 #![cfg(all(feature = "correlation", feature = "reqwest", feature = "axum"))]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::http::{HeaderMap, HeaderName};
 use axum::routing::get;
 use palisade::correlation::{CorrelationLayer, X_CORRELATION_ID};
 use palisade::redact::SensitiveHeaders;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+#[path = "support/captured_logs.rs"]
+mod captured_logs;
+use captured_logs::Captured;
 
 const SECRETS: [&str; 7] = [
     "Bearer s3cr3t-token",

@@ -27,8 +27,7 @@ mod stack;
 #[path = "../examples/exchange_client/transport.rs"]
 mod transport;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -384,19 +383,9 @@ async fn without_the_governor_the_exchange_refuses() {
     assert_eq!(mock.stats().requests_during_pause, 0);
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/captured_logs.rs"]
+mod captured_logs;
+use captured_logs::Captured;
 
 /// Every event of this test binary at TRACE, from every thread and crate (reqwest, hyper,
 /// axum included). A global subscriber, not a scoped one: tracing caches per-callsite

@@ -12,8 +12,6 @@ mod app;
 #[allow(dead_code)]
 mod ledger_support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app::db::DbConfig;
@@ -44,20 +42,9 @@ async fn fetch_metrics(h: &ledger_support::Harness) -> String {
         .unwrap()
 }
 
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/captured_logs.rs"]
+mod captured_logs;
+use captured_logs::Captured;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_correlation_id_is_echoed_logged_on_every_line_and_reaches_the_gateway() {

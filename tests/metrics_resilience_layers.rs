@@ -4,7 +4,6 @@
 #![cfg(feature = "metrics")]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,19 +75,9 @@ fn series(name: &str, labels: &[(&str, &str)], value: f64) -> ((String, Labels),
     ((name.to_owned(), l), value)
 }
 
-/// Tracing output captured as text, for the thread the test runs on.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "support/captured_logs.rs"]
+mod captured_logs;
+use captured_logs::Captured;
 
 impl Captured {
     fn install(&self) -> tracing::subscriber::DefaultGuard {
