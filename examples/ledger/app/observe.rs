@@ -156,9 +156,11 @@ pub fn render_metrics(ledger: &Ledger) -> String {
 }
 
 /// Follows the ledger's circuit breakers (the gateway's per-host breakers of both operations
-/// and the database's) and logs each transition at WARN, with its reason. (The breakers
-/// record their metrics themselves: `palisade_circuit_breaker_transitions_total`,
-/// `palisade_circuit_breaker_state`.) The task ends when the breakers are dropped.
+/// and the database's) through their event streams and logs each transition at DEBUG, with
+/// its reason: an example of subscribing. The breakers log their transitions themselves
+/// (opening at WARN, the others at INFO) and record their metrics
+/// (`palisade_circuit_breaker_transitions_total`, `palisade_circuit_breaker_state`), so this
+/// adds no second WARN line. The task ends when the breakers are dropped.
 pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
     let mut receivers = Vec::new();
     for operation in [PAY, READ] {
@@ -190,7 +192,7 @@ pub fn watch_breakers(ledger: &Ledger) -> tokio::task::JoinHandle<()> {
         }
         drop(tx);
         while let Some(t) = rx.recv().await {
-            tracing::warn!(
+            tracing::debug!(
                 breaker = %t.breaker,
                 from = ?t.from,
                 to = ?t.to,
