@@ -3,107 +3,16 @@
 use std::time::Duration;
 
 use palisade::Error;
-use palisade::circuit_breaker::{
-    CircuitBreakerLayer, CircuitState, KeyedCircuitBreakerLayer, OperatorMode,
-};
-use palisade::classify::{Category, Outcome, Severity, Transience};
-use palisade::policy::{CircuitBreakerPolicy, WindowType};
+use palisade::circuit_breaker::{CircuitState, KeyedCircuitBreakerLayer, OperatorMode};
+use palisade::policy::WindowType;
 use tokio::sync::oneshot;
 use tokio::time::advance;
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-#[derive(Debug)]
-enum Call {
-    Ok,
-    Fail,
-    /// Succeeds after this long.
-    Slow(Duration),
-    /// Waits for the test to say how it ends (`true`: success).
-    Held(oneshot::Receiver<bool>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Down;
-
-type Classifier = fn(Result<&(), &Down>) -> Outcome;
-
-fn classify(result: Result<&(), &Down>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Success,
-        Err(Down) => Outcome::failure(
-            Transience::Transient,
-            Category::External,
-            Severity::High,
-            "down",
-        ),
-    }
-}
-
-async fn dependency(call: Call) -> Result<(), Down> {
-    match call {
-        Call::Ok => Ok(()),
-        Call::Fail => Err(Down),
-        Call::Slow(d) => {
-            tokio::time::sleep(d).await;
-            Ok(())
-        }
-        Call::Held(rx) => match rx.await {
-            Ok(true) => Ok(()),
-            _ => Err(Down),
-        },
-    }
-}
-
-fn policy() -> CircuitBreakerPolicy {
-    let mut p = CircuitBreakerPolicy::default();
-    p.consecutive_failures = 0;
-    p.minimum_calls = 4;
-    p.failure_rate = 0.5;
-    p.window = Duration::from_secs(10);
-    p.open_timeout = Duration::from_secs(5);
-    p.half_open_max_requests = 2;
-    p.success_threshold = 2;
-    p.half_open_max_duration = Duration::from_secs(20);
-    p
-}
-
-fn layer(p: CircuitBreakerPolicy) -> CircuitBreakerLayer<Classifier> {
-    CircuitBreakerLayer::builder("dep", p)
-        .open_jitter(0.0)
-        .build(classify as Classifier)
-}
-
-macro_rules! service {
-    ($layer:expr) => {
-        ServiceBuilder::new()
-            .layer($layer)
-            .service(service_fn(dependency))
-    };
-}
-
-async fn call<S>(svc: &S, c: Call) -> Result<(), Error<Down>>
-where
-    S: Service<Call, Response = (), Error = Error<Down>> + Clone,
-{
-    svc.clone().oneshot(c).await
-}
-
-fn rejected(r: &Result<(), Error<Down>>) -> Option<Duration> {
-    match r {
-        Err(Error::CircuitOpen(open)) => Some(open.retry_after),
-        _ => None,
-    }
-}
-
-async fn fail<S>(svc: &S, n: u32)
-where
-    S: Service<Call, Response = (), Error = Error<Down>> + Clone,
-{
-    for _ in 0..n {
-        let r = call(svc, Call::Fail).await;
-        assert!(matches!(r, Err(Error::Inner(Down))), "{r:?}");
-    }
-}
+#[macro_use]
+#[path = "support/breaker_harness.rs"]
+mod breaker_harness;
+use breaker_harness::*;
 
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_stays_open_until_its_open_period_ends() {
@@ -112,7 +21,7 @@ async fn an_open_breaker_stays_open_until_its_open_period_ends() {
     let l = layer(p);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 2).await;
+    trip(&svc, 2).await;
     assert_eq!(h.state(), CircuitState::Open);
     advance(Duration::from_secs(1)).await;
 
@@ -129,7 +38,7 @@ async fn an_open_breaker_stays_open_until_its_open_period_ends() {
     assert_eq!(rejected(&r), Some(Duration::from_secs(4)));
     advance(Duration::from_secs(4)).await;
     // The probe goes; one failed probe reopens, for the new open time.
-    fail(&svc, 1).await;
+    trip(&svc, 1).await;
     assert_eq!(h.state(), CircuitState::Open);
     assert_eq!(h.metrics().open_remaining, Some(Duration::from_millis(100)));
     assert_eq!(h.metrics().trips, 2);
@@ -143,7 +52,7 @@ async fn lowering_the_consecutive_threshold_trips_on_the_next_failure() {
     let l = layer(p);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 4).await;
+    trip(&svc, 4).await;
     assert_eq!(h.metrics().consecutive_failures, 4);
 
     let mut lower = p;
@@ -153,7 +62,7 @@ async fn lowering_the_consecutive_threshold_trips_on_the_next_failure() {
     assert_eq!(h.state(), CircuitState::Closed);
     assert_eq!(h.metrics().consecutive_failures, 4);
     // ...but the next failure does.
-    fail(&svc, 1).await;
+    trip(&svc, 1).await;
     assert_eq!(h.state(), CircuitState::Open);
 }
 
@@ -165,15 +74,15 @@ async fn raising_the_consecutive_threshold_keeps_the_run() {
     let l = layer(p);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 4).await;
+    trip(&svc, 4).await;
 
     let mut higher = p;
     higher.consecutive_failures = 7;
     h.reconfigure(&higher);
-    fail(&svc, 2).await; // 6 in a row: the old threshold would have tripped at 5
+    trip(&svc, 2).await; // 6 in a row: the old threshold would have tripped at 5
     assert_eq!(h.state(), CircuitState::Closed);
     assert_eq!(h.metrics().consecutive_failures, 6);
-    fail(&svc, 1).await; // 7: the run from before the change counts
+    trip(&svc, 1).await; // 7: the run from before the change counts
     assert_eq!(h.state(), CircuitState::Open);
 }
 
@@ -183,7 +92,7 @@ async fn the_window_is_kept_when_its_type_and_size_are_unchanged() {
     let h = l.handle();
     let svc = service!(l);
     call(&svc, Call::Ok).await.unwrap();
-    fail(&svc, 2).await;
+    trip(&svc, 2).await;
     advance(Duration::from_secs(3)).await;
 
     let mut stricter = policy();
@@ -193,7 +102,7 @@ async fn the_window_is_kept_when_its_type_and_size_are_unchanged() {
     h.reconfigure(&stricter);
     let m = h.metrics();
     assert_eq!((m.calls, m.failures), (3, 2));
-    fail(&svc, 1).await; // 3 of 4: 75 % >= 60 %
+    trip(&svc, 1).await; // 3 of 4: 75 % >= 60 %
     assert_eq!(h.state(), CircuitState::Open);
 }
 
@@ -202,16 +111,16 @@ async fn a_new_window_size_starts_a_fresh_window() {
     let l = layer(policy());
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 3).await; // 3 of 3, under minimum_calls
+    trip(&svc, 3).await; // 3 of 3, under minimum_calls
     let mut wider = policy();
     wider.window = Duration::from_secs(20);
     h.reconfigure(&wider);
     assert_eq!(h.metrics().calls, 0);
-    fail(&svc, 3).await;
+    trip(&svc, 3).await;
     assert_eq!(h.state(), CircuitState::Closed);
     // The new window is 20 s wide: calls 15 s ago still count.
     advance(Duration::from_secs(15)).await;
-    fail(&svc, 1).await;
+    trip(&svc, 1).await;
     assert_eq!(h.state(), CircuitState::Open);
 }
 
@@ -223,7 +132,7 @@ async fn switching_between_time_and_count_windows() {
     let l = layer(count);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 2).await;
+    trip(&svc, 2).await;
     call(&svc, Call::Ok).await.unwrap();
     assert_eq!(h.metrics().calls, 3);
 
@@ -246,7 +155,7 @@ async fn switching_between_time_and_count_windows() {
     // To a time window: fresh, and it forgets by time.
     h.reconfigure(&policy());
     assert_eq!(h.metrics().calls, 0);
-    fail(&svc, 3).await;
+    trip(&svc, 3).await;
     advance(Duration::from_secs(10)).await;
     assert_eq!(h.metrics().calls, 0);
 
@@ -257,7 +166,7 @@ async fn switching_between_time_and_count_windows() {
         call(&svc, Call::Ok).await.unwrap();
     }
     assert_eq!(h.metrics().calls, 4);
-    fail(&svc, 2).await; // 2 of the last 4
+    trip(&svc, 2).await; // 2 of the last 4
     assert_eq!(h.state(), CircuitState::Open);
 }
 
@@ -270,7 +179,7 @@ async fn half_open_probes_are_kept_and_the_new_limits_apply_to_new_ones() {
     let l = layer(p);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 1).await;
+    trip(&svc, 1).await;
     advance(Duration::from_secs(5)).await;
 
     let (tx1, rx1) = oneshot::channel();
@@ -313,9 +222,9 @@ async fn the_trip_count_for_growing_open_times_is_kept() {
     let l = layer(p);
     let h = l.handle();
     let svc = service!(l);
-    fail(&svc, 1).await; // open 5 s
+    trip(&svc, 1).await; // open 5 s
     advance(Duration::from_secs(5)).await;
-    fail(&svc, 1).await; // probe fails: open 10 s
+    trip(&svc, 1).await; // probe fails: open 10 s
     assert_eq!(h.metrics().open_remaining, Some(Duration::from_secs(10)));
 
     let mut q = p;
@@ -323,7 +232,7 @@ async fn the_trip_count_for_growing_open_times_is_kept() {
     q.open_timeout_multiplier = 3.0;
     h.reconfigure(&q);
     advance(Duration::from_secs(10)).await;
-    fail(&svc, 1).await; // third trip: 1 s x 3^2
+    trip(&svc, 1).await; // third trip: 1 s x 3^2
     assert_eq!(h.metrics().open_remaining, Some(Duration::from_secs(9)));
 }
 
@@ -337,7 +246,7 @@ async fn enabled_acts_only_when_it_changes() {
     off.enabled = false;
     h.reconfigure(&off);
     assert_eq!(h.mode(), OperatorMode::Disabled);
-    fail(&svc, 10).await;
+    trip(&svc, 10).await;
     assert_eq!(h.state(), CircuitState::Closed);
 
     h.reconfigure(&policy());
@@ -393,7 +302,7 @@ async fn keyed_reconfigure_reaches_existing_keys_the_overflow_and_later_keys() {
         .breakers(|b| b.open_jitter(0.0))
         .build(
             |c: &(&'static str, Call)| c.0,
-            |r: Result<&(), &Down>| classify(r),
+            |r: Result<&(), &Bad>| classify(r),
         );
     let h = l.handle();
     let svc = ServiceBuilder::new()
@@ -404,7 +313,7 @@ async fn keyed_reconfigure_reaches_existing_keys_the_overflow_and_later_keys() {
         async move {
             for _ in 0..n {
                 let r = svc.clone().oneshot((key, Call::Fail)).await;
-                assert!(matches!(r, Err(Error::Inner(Down))), "{key}: {r:?}");
+                assert!(matches!(r, Err(Error::Inner(Bad::Down))), "{key}: {r:?}");
             }
         }
     };
