@@ -553,7 +553,8 @@ impl ExchangeClient {
 
     /// Why the retry layer gave up on a retryable failure. For an error it says so itself;
     /// an answer it hands back as it is, so the reason is worked out the same way it decides:
-    /// the policy's retry count, else the budget if it allows no retry now, else the deadline.
+    /// the policy's retry count, else a wait asked for beyond `max_delay`, else the budget if
+    /// it allows no retry now, else the deadline.
     fn why_retry_stopped(
         &self,
         operation: Operation,
@@ -567,6 +568,11 @@ impl ExchangeClient {
             Err(palisade::Error::RetryBudgetExhausted(_)) => Some(RetryStop::BudgetExhausted),
             Ok(_) if class.is_transient() => Some(if attempts > policy.retry.max_retries {
                 RetryStop::MaxRetries
+            } else if class
+                .retry_after
+                .is_some_and(|asked| asked > policy.retry.max_delay)
+            {
+                RetryStop::RetryAfterTooLong
             } else if self.budgets[policy.name()].remaining() == 0 {
                 RetryStop::BudgetExhausted
             } else {
