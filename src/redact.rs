@@ -60,9 +60,13 @@ impl Default for SensitiveHeaders {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn length_bit(name: &HeaderName) -> u128 {
-    let bytes = name.as_str().as_bytes();
+    name_bit(name.as_str().as_bytes())
+}
+
+#[inline(always)]
+fn name_bit(bytes: &[u8]) -> u128 {
     let (first, last) = match bytes {
         [first, .., last] => (*first, *last),
         [only] => (*only, *only),
@@ -95,9 +99,18 @@ impl SensitiveHeaders {
     }
 
     /// Whether `name` is in the list.
-    #[inline]
+    #[inline(always)]
     pub fn contains(&self, name: &HeaderName) -> bool {
         self.lengths & length_bit(name) != 0 && self.names.iter().any(|n| n == name)
+    }
+
+    /// Whether a header named `name` (lowercase, as [`HeaderName::as_str`] gives it) could be
+    /// in the list: `false` means it is not; `true` means it may be (one bit test, no name
+    /// comparison). For a caller that already walks the names, to skip [`mark`](Self::mark)
+    /// when none could be listed.
+    #[inline(always)]
+    pub(crate) fn may_contain(&self, name: &str) -> bool {
+        self.lengths & name_bit(name.as_bytes()) != 0
     }
 
     /// Flags every value of a listed header as sensitive. No allocation; a header whose name

@@ -207,3 +207,69 @@ fn the_same_id_is_picked_with_few_or_many_other_headers() {
         }
     }
 }
+
+/// The layer skips marking a request whose one pass over the names saw no listed header: this
+/// checks that every listed header is still marked, with few headers (the pass) and many (the
+/// look-ups), whether the ID is present, missing or hostile, and when the ID header itself is
+/// listed as sensitive.
+#[test]
+fn sensitive_request_headers_are_marked_on_every_path() {
+    use http::HeaderName;
+    use palisade::redact::SensitiveHeaders;
+
+    let token = HeaderName::from_static("x-ledger-token");
+    for id_is_sensitive in [false, true] {
+        let mut sensitive = SensitiveHeaders::default().with(token.clone());
+        if id_is_sensitive {
+            sensitive = sensitive.with(X_REQUEST_ID);
+        }
+        let mut service = ServiceBuilder::new()
+            .layer(CorrelationLayer::new().sensitive_headers(sensitive))
+            .service_fn(move |req: Request<()>| async move {
+                // (name, is sensitive) for every value, in order.
+                let seen: Vec<(String, bool)> = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.is_sensitive()))
+                    .collect();
+                Ok::<_, Infallible>(Response::new(seen))
+            });
+        for others in [0, 3, 20] {
+            for id in [Some("pay-1"), None, Some("a b c")] {
+                for secret in [None, Some("authorization"), Some("x-ledger-token")] {
+                    let mut req = Request::new(());
+                    for i in 0..others {
+                        req.headers_mut().insert(
+                            format!("x-other-{i}").parse::<HeaderName>().unwrap(),
+                            HeaderValue::from_static("v"),
+                        );
+                    }
+                    if let Some(name) = secret {
+                        req.headers_mut()
+                            .append(name, HeaderValue::from_static("s3cr3t"));
+                        req.headers_mut()
+                            .append(name, HeaderValue::from_static("s3cr3t-2"));
+                    }
+                    if let Some(id) = id {
+                        req.headers_mut()
+                            .insert(X_REQUEST_ID, HeaderValue::from_static(id));
+                    }
+                    let seen = run(async {
+                        let ready = service.ready().await.unwrap();
+                        ready.call(req).await.unwrap().into_body()
+                    });
+                    let case = format!(
+                        "others {others} id {id:?} secret {secret:?} id sensitive {id_is_sensitive}"
+                    );
+                    assert!(seen.iter().any(|(n, _)| n == "x-request-id"), "{case}");
+                    for (name, marked) in &seen {
+                        let listed = name == "authorization"
+                            || name == "x-ledger-token"
+                            || (id_is_sensitive && name == "x-request-id");
+                        assert_eq!(*marked, listed, "{name}: {case}");
+                    }
+                }
+            }
+        }
+    }
+}

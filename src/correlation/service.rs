@@ -55,20 +55,37 @@ impl Source {
     }
 }
 
+/// What [`CorrelationConfig::extract`] found on a request.
+struct Extracted {
+    id: CorrelationId,
+    source: Source,
+    /// Whether an ID header was rejected.
+    rejected: bool,
+    /// Whether the request may carry a sensitive header, so it must be marked. The one pass
+    /// over the names tells for free; `false` only when that pass saw none.
+    sensitive: bool,
+}
+
 impl CorrelationConfig {
     /// The request's ID and where it came from, and whether an ID header was rejected.
-    fn extract(&self, headers: &HeaderMap) -> (CorrelationId, Source, bool) {
+    fn extract(&self, headers: &HeaderMap) -> Extracted {
         if let [main] = self.headers.as_slice()
             && headers.keys_len() <= SCAN_AT_MOST
         {
             return self.extract_by_scan(main, headers);
         }
         let mut rejected = false;
+        let found = |id, source, rejected| Extracted {
+            id,
+            source,
+            rejected,
+            sensitive: true,
+        };
         for (i, name) in self.headers.iter().enumerate() {
             if let Some(value) = headers.get(name) {
                 match CorrelationId::from_header(value) {
-                    Some(id) if i == 0 => return (id, Source::MainHeader, rejected),
-                    Some(id) => return (id, Source::Header, rejected),
+                    Some(id) if i == 0 => return found(id, Source::MainHeader, rejected),
+                    Some(id) => return found(id, Source::Header, rejected),
                     None => rejected = true,
                 }
             }
@@ -78,53 +95,65 @@ impl CorrelationConfig {
                 .get(TRACEPARENT)
                 .and_then(CorrelationId::from_traceparent)
         {
-            return (id, Source::Traceparent, rejected);
+            return found(id, Source::Traceparent, rejected);
         }
         let source = if rejected {
             Source::Replaced
         } else {
             Source::Generated
         };
-        (CorrelationId::generate(), source, rejected)
+        found(CorrelationId::generate(), source, rejected)
     }
 
     /// [`extract`](Self::extract) for one ID header, in one pass over the request's header
     /// names: for a few headers, comparing names is cheaper than hashing `main` and
     /// `traceparent` for two look-ups. Same result as the look-ups: the first value of each.
-    fn extract_by_scan(
-        &self,
-        main: &HeaderName,
-        headers: &HeaderMap,
-    ) -> (CorrelationId, Source, bool) {
-        let (mut rejected, mut traceparent) = (false, None);
+    /// The same pass tells whether any header is sensitive, so that a request with none is
+    /// not walked again by [`SensitiveHeaders::mark`](crate::redact::SensitiveHeaders::mark).
+    fn extract_by_scan(&self, main: &HeaderName, headers: &HeaderMap) -> Extracted {
+        let (mut found, mut rejected, mut traceparent, mut sensitive) = (None, false, None, false);
+        // Names compared as text: `HeaderName`'s own comparison with a constant builds and
+        // drops a temporary name per header.
+        let main = main.as_str();
         for (name, value) in headers {
+            let name = name.as_str();
+            sensitive |= self.sensitive.may_contain(name);
             if name == main {
-                if rejected {
+                if found.is_some() || rejected {
                     continue; // a later value of the same header
                 }
                 match CorrelationId::from_header(value) {
-                    Some(id) => return (id, Source::MainHeader, false),
+                    Some(id) => found = Some(id),
                     None => rejected = true,
                 }
-            } else if self.use_traceparent && traceparent.is_none() && name == TRACEPARENT {
+            } else if self.use_traceparent && traceparent.is_none() && name == TRACEPARENT_STR {
                 traceparent = Some(value);
             }
         }
-        if let Some(id) = traceparent.and_then(CorrelationId::from_traceparent) {
-            return (id, Source::Traceparent, rejected);
-        }
-        let source = if rejected {
-            Source::Replaced
+        let (id, source) = if let Some(id) = found {
+            (id, Source::MainHeader)
+        } else if let Some(id) = traceparent.and_then(CorrelationId::from_traceparent) {
+            (id, Source::Traceparent)
+        } else if rejected {
+            (CorrelationId::generate(), Source::Replaced)
         } else {
-            Source::Generated
+            (CorrelationId::generate(), Source::Generated)
         };
-        (CorrelationId::generate(), source, rejected)
+        Extracted {
+            id,
+            source,
+            rejected,
+            sensitive,
+        }
     }
 }
 
 /// Up to this many distinct header names, [`CorrelationConfig::extract_by_scan`] beats hashed
 /// look-ups; beyond, its cost grows with the request and the look-ups' does not.
 const SCAN_AT_MOST: usize = 16;
+
+/// [`TRACEPARENT`] as text (a test checks they agree).
+const TRACEPARENT_STR: &str = "traceparent";
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CorrelationService<S>
 where
@@ -140,7 +169,12 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
-        let (id, source, rejected) = config.extract(req.headers());
+        let Extracted {
+            id,
+            source,
+            rejected,
+            mut sensitive,
+        } = config.extract(req.headers());
         let header = &config.headers[0];
         let span = tracing::info_span!(
             "request",
@@ -176,8 +210,11 @@ where
         // Handlers that read the header see only the validated ID.
         if source != Source::MainHeader {
             req.headers_mut().insert(header.clone(), value.clone());
+            sensitive |= config.sensitive.contains(header);
         }
-        config.sensitive.mark(req.headers_mut());
+        if sensitive {
+            config.sensitive.mark(req.headers_mut());
+        }
         if config.log_headers {
             span.in_scope(|| {
                 tracing::debug!(headers = %config.sensitive.redact(req.headers()), "request headers");
@@ -192,5 +229,13 @@ where
         };
         let inner = super::scope(id, self.inner.call(req).instrument(span));
         ResponseFuture::new(inner, echo, sensitive)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_traceparent_text_is_the_header_name() {
+        assert_eq!(super::TRACEPARENT_STR, super::TRACEPARENT.as_str());
     }
 }
