@@ -9,7 +9,8 @@ use std::task::{Context, Waker};
 
 use http::{HeaderValue, Request, Response};
 use palisade::correlation::{
-    self, CorrelationId, CorrelationLayer, PropagateCorrelationLayer, X_REQUEST_ID,
+    self, CorrelationId, CorrelationLayer, PropagateCorrelationLayer, X_CORRELATION_ID,
+    X_REQUEST_ID,
 };
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -272,4 +273,38 @@ fn sensitive_request_headers_are_marked_on_every_path() {
             }
         }
     }
+}
+
+/// `headers` replaces the list: an `x-request-id` it does not name is not read (a new ID is
+/// made), the first listed header is read and echoed, and the later ones are read in order.
+#[test]
+fn headers_reads_exactly_the_listed_headers() {
+    let layer = CorrelationLayer::new().headers([X_CORRELATION_ID, X_CORRELATION_ID]);
+    assert_eq!(layer.response_header(), X_CORRELATION_ID);
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(
+                CorrelationId::current().map(|id| id.to_string()),
+            ))
+        });
+    let call = |name: &'static str, value: &'static str| {
+        let request = Request::builder().header(name, value).body(()).unwrap();
+        run(service.clone().oneshot(request)).unwrap()
+    };
+
+    let res = call("x-correlation-id", "order-9");
+    assert_eq!(res.body().as_deref(), Some("order-9"));
+    assert_eq!(res.headers()[X_CORRELATION_ID], "order-9");
+
+    let res = call("x-request-id", "not-trusted");
+    let id = res.body().clone().unwrap();
+    assert_ne!(id, "not-trusted");
+    assert_eq!(id.parse::<uuid::Uuid>().unwrap().get_version_num(), 7);
+    assert_eq!(res.headers()[X_CORRELATION_ID], id.as_str());
+    assert!(res.headers().get(X_REQUEST_ID).is_none());
+
+    // An empty list changes nothing.
+    let layer = CorrelationLayer::new().headers([]);
+    assert_eq!(layer.response_header(), X_REQUEST_ID);
 }

@@ -269,3 +269,40 @@ fn the_correlation_section_is_read_and_its_mistakes_located() {
         IssueKind::WrongType
     );
 }
+
+/// A `correlation:` list without `x-request-id` makes the stack ignore that header: an
+/// `x-request-id` from outside is not taken as the ID, a fresh one is made and echoed.
+#[tokio::test]
+async fn a_header_the_file_does_not_list_is_not_read() {
+    let stack = ResilienceLayer::from_policies(
+        Policies::from_yaml_str("correlation:\n  headers: [x-correlation-id]\n").unwrap(),
+        HttpStatus::new(),
+    );
+    let router = Router::new()
+        .route(
+            "/v1/misc",
+            get(|| async { CorrelationId::current().unwrap().to_string() }),
+        )
+        .layer(stack.problem_responses());
+    let base = serve(router).await;
+    let client = reqwest::Client::new();
+
+    let r = client
+        .get(format!("{base}/v1/misc"))
+        .header("x-request-id", "from-outside")
+        .send()
+        .await
+        .unwrap();
+    let echoed = r.headers()["x-correlation-id"].to_str().unwrap().to_owned();
+    assert_ne!(echoed, "from-outside");
+    assert_eq!(echoed.len(), 36);
+    assert_eq!(r.text().await.unwrap(), echoed);
+
+    let r = client
+        .get(format!("{base}/v1/misc"))
+        .header("x-correlation-id", "listed-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-correlation-id"], "listed-1");
+}

@@ -70,6 +70,24 @@ impl CorrelationLayer {
         self
     }
 
+    /// Reads an incoming ID from exactly these headers, in this order; the first is the main
+    /// header (set on the request for the handler, and echoed). Unlike
+    /// [`header`](Self::header) and [`accept_header`](Self::accept_header), this drops
+    /// `x-request-id` unless it is listed, for a deployment that must not trust it. Repeats
+    /// are read once; an empty list leaves the headers as they were.
+    pub fn headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut list: Vec<HeaderName> = Vec::new();
+        for header in headers {
+            if !list.contains(&header) {
+                list.push(header);
+            }
+        }
+        if !list.is_empty() {
+            Arc::make_mut(&mut self.config).headers = list;
+        }
+        self
+    }
+
     /// Whether to take the trace ID of a `traceparent` header as the ID when no ID header is
     /// present (default `true`), so logs of a traced request share the trace's ID.
     pub fn use_traceparent(mut self, yes: bool) -> Self {

@@ -48,17 +48,13 @@ impl Correlated {
         // The parser accepts only lowercase token names, so these conversions cannot fail;
         // a name that somehow did is skipped rather than panicking.
         let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).ok();
-        let mut layer = CorrelationLayer::new().use_traceparent(policy.trust_traceparent);
-        // `header` puts a header first in the reading order (and makes it the echoed one), so
-        // going through the list backwards leaves it in the file's order, then the response
-        // header goes in front. `CorrelationLayer` always keeps reading `x-request-id` (last,
-        // when the file does not list it): it has no way to drop it.
-        for header in policy.headers.iter().rev().filter_map(|h| name(h)) {
-            layer = layer.header(header);
-        }
-        if let Some(main) = policy.response_header.as_deref().and_then(name) {
-            layer = layer.header(main);
-        }
+        // The response header is read first, then the file's list in its order; a header the
+        // file does not name (`x-request-id` included) is not read at all.
+        let main = policy.response_header.as_deref().and_then(name);
+        let listed = policy.headers.iter().filter_map(|h| name(h));
+        let layer = CorrelationLayer::new()
+            .use_traceparent(policy.trust_traceparent)
+            .headers(main.into_iter().chain(listed));
         Correlated(layer)
     }
 }
