@@ -20,9 +20,10 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service};
 
-#[path = "support/utf8_codec.rs"]
-mod utf8_codec;
-use utf8_codec::Utf8Codec;
+// The gRPC example's codec: UTF-8 string messages, no protobuf code generation.
+#[path = "../examples/grpc/codec.rs"]
+mod codec;
+use codec::Text as Utf8Codec;
 
 /// `/test.WhoAmI/Get`: answers "<task-local ID> <x-request-id metadata>".
 #[derive(Clone)]

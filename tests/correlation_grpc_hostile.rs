@@ -25,9 +25,10 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tower::{Layer, Service, ServiceBuilder};
 
-#[path = "support/utf8_codec.rs"]
-mod utf8_codec;
-use utf8_codec::Utf8Codec;
+// The gRPC example's codec: UTF-8 string messages, no protobuf code generation.
+#[path = "../examples/grpc/codec.rs"]
+mod codec;
+use codec::Text as Utf8Codec;
 
 /// What a handler saw: the task-local ID and the `x-request-id` metadata, as raw bytes.
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>;
