@@ -251,6 +251,26 @@ fn fail_unposted(
     })
 }
 
+/// The end of a step before any money moved: on success the transfer moves `from` -> `to`;
+/// a failure for good (insufficient funds, an unknown account) ends it in FAILED with its
+/// answer stored; a transient one goes back to the database stack to be retried.
+fn advance_unposted(
+    tx: &Transaction<'_>,
+    id: &str,
+    work: Result<(), LedgerError>,
+    from: TransferState,
+    to: TransferState,
+) -> Result<Step, LedgerError> {
+    match work {
+        Ok(()) => {
+            transition(tx, id, Some(from), to, None)?;
+            Ok(None)
+        }
+        Err(e) if !e.classification().is_transient() => fail_unposted(tx, id, from, &e).map(Some),
+        Err(e) => Err(e),
+    }
+}
+
 enum Begin {
     New,
     Replay(TransferReply),
@@ -438,22 +458,13 @@ impl Ledger {
                         }
                         Ok(())
                     });
-                    match check {
-                        Ok(()) => {
-                            transition(
-                                tx,
-                                &id,
-                                Some(TransferState::Created),
-                                TransferState::Validated,
-                                None,
-                            )?;
-                            Ok(None)
-                        }
-                        Err(e) if !e.classification().is_transient() => {
-                            fail_unposted(tx, &id, TransferState::Created, &e).map(Some)
-                        }
-                        Err(e) => Err(e),
-                    }
+                    advance_unposted(
+                        tx,
+                        &id,
+                        check,
+                        TransferState::Created,
+                        TransferState::Validated,
+                    )
                 })
                 .await?
         };
@@ -488,7 +499,7 @@ impl Ledger {
             let (id, r) = (id.clone(), request.clone());
             self.db
                 .write("debit_transfer", move |tx| {
-                    match ledger::post(
+                    let debit = match ledger::post(
                         tx,
                         TxKind::TransferDebit,
                         &format!("{id}:debit"),
@@ -500,20 +511,17 @@ impl Ledger {
                                 params![txn, id],
                             )
                             .map_err(LedgerError::db("debit_transfer"))?;
-                            transition(
-                                tx,
-                                &id,
-                                Some(TransferState::Validated),
-                                TransferState::Executing,
-                                None,
-                            )?;
-                            Ok(None)
-                        }
-                        Err(e) if !e.classification().is_transient() => {
-                            fail_unposted(tx, &id, TransferState::Validated, &e).map(Some)
+                            Ok(())
                         }
                         Err(e) => Err(e),
-                    }
+                    };
+                    advance_unposted(
+                        tx,
+                        &id,
+                        debit,
+                        TransferState::Validated,
+                        TransferState::Executing,
+                    )
                 })
                 .await?
         };
