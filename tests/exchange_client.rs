@@ -84,6 +84,15 @@ async fn start(plan: FaultPlan) -> (MockExchange, ExchangeClient) {
     (mock, client)
 }
 
+/// A mock whose weight limit is 100 per minute, and a client governed by `governor`.
+async fn start_weight_limited(governor: GovernorConfig) -> (MockExchange, ExchangeClient) {
+    let mut config = mock_config(FaultPlan::new());
+    config.weight_limit = 100;
+    let mock = MockExchange::start(config).await.unwrap();
+    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    (mock, client)
+}
+
 fn transient_codes(stats: &report::CallStats) -> Vec<String> {
     stats
         .final_errors
@@ -339,15 +348,12 @@ async fn a_418_ban_holds_calls_until_it_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn the_governor_slows_down_before_the_exchange_refuses() {
-    let mut config = mock_config(FaultPlan::new());
-    config.weight_limit = 100;
-    let mock = MockExchange::start(config).await.unwrap();
-    let governor = GovernorConfig {
+    let (mock, client) = start_weight_limited(GovernorConfig {
         limit: 100,
         threshold: 0.8,
         ..GovernorConfig::default()
-    };
-    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    })
+    .await;
     let started = Instant::now();
     for _ in 0..60 {
         client.ticker_price("BTCUSDT").await.unwrap(); // weight 2: 120 in all
@@ -367,14 +373,11 @@ async fn the_governor_slows_down_before_the_exchange_refuses() {
 async fn without_the_governor_the_exchange_refuses() {
     // The same load with a client that believes the limit is ten times higher: the exchange
     // answers 429, which shows the previous test's zero refusals are the governor's doing.
-    let mut config = mock_config(FaultPlan::new());
-    config.weight_limit = 100;
-    let mock = MockExchange::start(config).await.unwrap();
-    let governor = GovernorConfig {
+    let (mock, client) = start_weight_limited(GovernorConfig {
         limit: 1000,
         ..GovernorConfig::default()
-    };
-    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    })
+    .await;
     for _ in 0..60 {
         client.ticker_price("BTCUSDT").await.unwrap();
     }
@@ -922,15 +925,12 @@ async fn the_governor_learns_the_window_from_the_header_name() {
 
 #[tokio::test(start_paused = true)]
 async fn a_clock_sync_held_by_the_governor_measures_only_the_round_trip() {
-    let mut config = mock_config(FaultPlan::new());
-    config.weight_limit = 100;
-    let mock = MockExchange::start(config).await.unwrap();
-    let governor = GovernorConfig {
+    let (_mock, client) = start_weight_limited(GovernorConfig {
         limit: 100,
         threshold: 0.8,
         ..GovernorConfig::default()
-    };
-    let client = client_for(mock.base_url(), SECRET_KEY, governor);
+    })
+    .await;
     for _ in 0..40 {
         client.ticker_price("BTCUSDT").await.unwrap(); // the whole budget: 80
     }
