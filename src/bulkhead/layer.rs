@@ -58,7 +58,7 @@ impl BulkheadLayer {
 
     /// Permits free right now.
     pub fn available_permits(&self) -> usize {
-        self.partition.semaphore.available_permits()
+        self.partition.available()
     }
 
     /// Permits held right now by calls reserved or in flight. After a shrink this may

@@ -13,18 +13,37 @@ use crate::policy::{BulkheadPolicy, Policy};
 /// One bulkhead: its permits and its queue, shared by every service built from layers of
 /// the same name in the same [`BulkheadRegistry`].
 ///
-/// Its limits can change while calls are in flight ([`Partition::reconfigure`]). The
-/// semaphore always holds `max_concurrent + debt` permits (free or held): shrinking adds to
+/// # Where the permits are
+///
+/// A free permit is either in `free`, an atomic count that calls take from and give back to
+/// with one atomic operation each and no lock, or in `semaphore`, where the calls waiting in
+/// the queue park (tokio's `Semaphore`, FIFO). A permit goes into the semaphore only when a
+/// release finds somebody waiting: with nobody waiting, the semaphore (and its lock) is never
+/// touched.
+///
+/// No wake-up is lost: a release adds to `free` and then reads `waiting`; a waiter adds to
+/// `waiting` and then looks at `free` (all `SeqCst`). Whatever the interleaving, one of the
+/// two sees the other's write: either the waiter takes the permit from `free` itself, or the
+/// release moves it into the semaphore, where the waiter gets it. A permit moved there for a
+/// waiter that has left meanwhile is not lost: calls take from the semaphore too when `free`
+/// is empty.
+///
+/// Its limits can change while calls are in flight ([`Partition::reconfigure`]). There are
+/// always `max_concurrent + debt` permits (free, in the semaphore or held): shrinking adds to
 /// the debt, and permits coming back pay it off before anybody else can take them.
 pub(crate) struct Partition {
     pub(crate) name: Arc<str>,
-    pub(crate) semaphore: Semaphore,
+    /// Free permits on the lock-free path.
+    free: AtomicUsize,
+    /// Free permits handed over to waiters (and any left there by a waiter that has gone).
+    semaphore: Semaphore,
     max_concurrent: AtomicUsize,
     max_queue: AtomicUsize,
     /// `max_wait` in nanoseconds (saturating).
     max_wait: AtomicU64,
     /// Permits to retire as they come back, after a shrink that found them in use.
     debt: AtomicUsize,
+    /// Calls in the queue (each holds a [`QueuePlace`]).
     pub(crate) waiting: AtomicUsize,
     /// Serialises reconfigurations (never taken on the call path).
     resize: Mutex<()>,
@@ -41,13 +60,24 @@ fn wait_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What a call that found no free permit gets when it tries to join the queue.
+pub(crate) enum Entry {
+    /// A permit came back meanwhile: no need to wait.
+    Permit(Permit),
+    /// A place in the queue: wait on the semaphore.
+    Queued(QueuePlace),
+    /// The queue is full (or there is none).
+    Full,
+}
+
 impl Partition {
     pub(crate) fn new(name: Arc<str>, policy: &BulkheadPolicy) -> Self {
         let max_concurrent = permits(policy.max_concurrent);
         Partition {
             metrics: BulkheadMetrics::new(&name),
             name,
-            semaphore: Semaphore::new(max_concurrent),
+            free: AtomicUsize::new(max_concurrent),
+            semaphore: Semaphore::new(0),
             max_concurrent: AtomicUsize::new(max_concurrent),
             max_queue: AtomicUsize::new(usize::try_from(policy.max_queue).unwrap_or(usize::MAX)),
             max_wait: AtomicU64::new(wait_nanos(policy.max_wait)),
@@ -69,37 +99,100 @@ impl Partition {
         Duration::from_nanos(self.max_wait.load(Ordering::Relaxed))
     }
 
+    /// Permits free right now (on the lock-free path or in the semaphore).
+    pub(crate) fn available(&self) -> usize {
+        self.free
+            .load(Ordering::SeqCst)
+            .saturating_add(self.semaphore.available_permits())
+    }
+
     /// Permits held by calls right now (reserved or in flight).
     pub(crate) fn in_flight(&self) -> usize {
         // Read the debt first: a permit coming back between the reads can only make the
         // result too small by one, never wrap.
-        let debt = self.debt.load(Ordering::Acquire);
-        let available = self.semaphore.available_permits();
+        let debt = self.debt.load(Ordering::SeqCst);
+        let available = self.available();
         (self.max_concurrent() + debt).saturating_sub(available)
     }
 
-    /// Takes a free permit, if there is one (one compare-and-swap, no allocation).
+    /// Takes a free permit, if there is one: one compare-and-swap on `free`, no lock and no
+    /// allocation (the semaphore is looked at only when `free` is empty).
+    #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let permit = self.semaphore.try_acquire().ok()?;
-        permit.forget();
-        Some(Permit::new(self.clone()))
+        if self.take_free(1) == 1 || self.take_from_semaphore() {
+            Some(Permit::new(self.clone()))
+        } else {
+            None
+        }
     }
 
-    /// Takes a place in the queue, if one is free.
-    pub(crate) fn enter_queue(self: &Arc<Self>) -> Option<QueuePlace> {
+    /// Takes up to `n` permits from `free`; returns how many it took.
+    #[inline]
+    fn take_free(&self, n: usize) -> usize {
+        let mut free = self.free.load(Ordering::SeqCst);
+        loop {
+            let take = free.min(n);
+            if take == 0 {
+                return 0;
+            }
+            match self.free.compare_exchange_weak(
+                free,
+                free - take,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return take,
+                Err(now) => free = now,
+            }
+        }
+    }
+
+    /// Takes a permit left in the semaphore (one handed over for a waiter that has gone).
+    #[cold]
+    fn take_from_semaphore(&self) -> bool {
+        match self.semaphore.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Joins the queue, if a place is free; then looks for a free permit once more, which
+    /// closes the race with a release that read `waiting` before this call was counted.
+    pub(crate) fn enter_queue(self: &Arc<Self>) -> Entry {
         if self.max_wait.load(Ordering::Relaxed) == 0 {
-            return None;
+            return Entry::Full;
         }
         let max_queue = self.max_queue();
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        if self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max_queue).then_some(n + 1)
             })
-            .ok()
-            .map(|_| {
-                self.metrics.queued();
-                QueuePlace(self.clone())
-            })
+            .is_err()
+        {
+            return Entry::Full;
+        }
+        if let Some(permit) = self.try_acquire() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Entry::Permit(permit);
+        }
+        self.metrics.queued();
+        Entry::Queued(QueuePlace(self.clone()))
+    }
+
+    /// Waits on the semaphore for a permit handed over by a release.
+    pub(crate) async fn acquire_queued(&self) -> bool {
+        // The semaphore is never closed; a closed one would count as a wait that ran out.
+        match self.semaphore.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Applies new limits in place. Growing adds permits at once (cancelling any debt
@@ -118,36 +211,39 @@ impl Partition {
         self.max_wait
             .store(wait_nanos(policy.max_wait), Ordering::Relaxed);
         let new = permits(policy.max_concurrent);
-        let old = self.max_concurrent.swap(new, Ordering::AcqRel);
+        let old = self.max_concurrent.swap(new, Ordering::SeqCst);
         if new > old {
             let grow = new - old;
             let grow = grow - self.take_debt(grow);
             if grow > 0 {
-                self.semaphore.add_permits(grow);
+                self.put(grow);
             }
         } else if new < old {
             // Debt first, then retire what is free: a permit coming back in between pays
             // the debt itself, one coming back before is free and retired here.
-            self.debt.fetch_add(old - new, Ordering::AcqRel);
+            self.debt.fetch_add(old - new, Ordering::SeqCst);
             self.collect_debt();
         }
     }
 
-    /// Retires free permits against the debt.
+    /// Retires free permits (from `free`, then from the semaphore) against the debt.
     fn collect_debt(&self) {
         loop {
-            let debt = self.debt.load(Ordering::Acquire);
+            let debt = self.debt.load(Ordering::SeqCst);
             if debt == 0 {
                 return;
             }
-            let forgotten = self.semaphore.forget_permits(debt);
-            if forgotten == 0 {
+            let mut retired = self.take_free(debt);
+            if retired == 0 {
+                retired = self.semaphore.forget_permits(debt);
+            }
+            if retired == 0 {
                 return;
             }
-            let paid = self.take_debt(forgotten);
-            if paid < forgotten {
+            let paid = self.take_debt(retired);
+            if paid < retired {
                 // Permits coming back paid part of the debt meanwhile: return the surplus.
-                self.semaphore.add_permits(forgotten - paid);
+                self.put(retired - paid);
             }
         }
     }
@@ -156,7 +252,7 @@ impl Partition {
     fn take_debt(&self, n: usize) -> usize {
         match self
             .debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
                 (d > 0).then(|| d - d.min(n))
             }) {
             Ok(before) => before.min(n),
@@ -164,27 +260,66 @@ impl Partition {
         }
     }
 
+    /// Makes `n` permits free: into `free` first, then, if anybody waits, as many of them as
+    /// there are waiters into the semaphore, where the waiters get them in order.
+    #[inline]
+    fn put(&self, n: usize) {
+        self.free.fetch_add(n, Ordering::SeqCst);
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if waiting != 0 {
+            self.hand_over(n.min(waiting));
+        }
+        // A shrink that ran between the debt check in `release` and the add above found
+        // nothing free to retire: retire it now rather than let a new call take it.
+        if self.debt.load(Ordering::SeqCst) != 0 {
+            self.collect_debt();
+        }
+    }
+
+    /// Moves up to `n` free permits into the semaphore, for the calls waiting there (the
+    /// only place where a call takes tokio's semaphore lock).
+    #[cold]
+    fn hand_over(&self, n: usize) {
+        let moved = self.take_free(n);
+        if moved > 0 {
+            self.semaphore.add_permits(moved);
+        }
+    }
+
     /// A permit coming back: it pays the debt if there is one, else it is free again.
+    #[inline]
     fn release(&self) {
-        if self.debt.load(Ordering::Acquire) != 0 && self.take_debt(1) == 1 {
+        if self.debt.load(Ordering::SeqCst) != 0 && self.take_debt(1) == 1 {
             return;
         }
-        self.semaphore.add_permits(1);
+        self.put(1);
     }
 }
 
 /// One permit of a partition, given back (or retired against a shrink) when dropped.
+///
+/// It keeps the partition alive with an `Arc` (one reference-count increment when taken, one
+/// decrement when given back): a response future may outlive every service and layer of its
+/// bulkhead, and with `unsafe` forbidden nothing cheaper can guarantee the partition is still
+/// there when the permit comes back.
 pub(crate) struct Permit(Arc<Partition>);
 
 impl Permit {
-    /// Wraps a permit already taken from `partition`'s semaphore (and forgotten there).
-    pub(crate) fn new(partition: Arc<Partition>) -> Self {
+    /// Wraps a permit already taken from `partition` (from `free` or the semaphore).
+    #[inline]
+    fn new(partition: Arc<Partition>) -> Self {
         partition.metrics.acquired();
         Permit(partition)
+    }
+
+    /// Wraps a permit a queued call got from the semaphore.
+    pub(crate) fn queued(partition: Arc<Partition>) -> Self {
+        Permit::new(partition)
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.0.metrics.released();
         self.0.release();
@@ -204,7 +339,7 @@ impl fmt::Debug for Partition {
             .field("max_concurrent", &self.max_concurrent())
             .field("max_queue", &self.max_queue())
             .field("max_wait", &self.max_wait())
-            .field("available", &self.semaphore.available_permits())
+            .field("available", &self.available())
             .field("waiting", &self.waiting.load(Ordering::Relaxed))
             .finish()
     }
@@ -215,7 +350,7 @@ pub(crate) struct QueuePlace(Arc<Partition>);
 
 impl Drop for QueuePlace {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
         self.0.metrics.dequeued();
     }
 }

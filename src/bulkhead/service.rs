@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_service::Service;
 
 use super::ResponseFuture;
-use super::partition::{Partition, Permit};
+use super::partition::{Entry, Partition, Permit, QueuePlace};
 use crate::error::{BulkheadFull, BulkheadRejection, Error};
 
 /// Limits the calls in flight through one named partition, with a bounded queue and a
@@ -29,10 +29,15 @@ use crate::error::{BulkheadFull, BulkheadRejection, Error};
 ///
 /// # Fairness and cost
 ///
-/// Waiters get permits in arrival order (tokio's semaphore is FIFO). When a permit is free,
-/// `poll_ready` takes it with one compare-and-swap and no allocation, and giving it back
-/// takes tokio's semaphore lock briefly (uncontended unless somebody waits); waiting in the
-/// queue allocates one box for the wait, freed when the wait ends.
+/// When a permit is free, `poll_ready` takes it with one compare-and-swap, and the response
+/// future gives it back with one atomic add and two loads: no lock and no allocation on the
+/// success path. Only a call that finds no free permit touches tokio's semaphore, where the
+/// queue waits, and only a release that finds somebody waiting takes its lock, to hand the
+/// permit over. Waiting in the queue allocates one box for the wait, freed when it ends.
+///
+/// Waiters get permits in arrival order among themselves (tokio's semaphore is FIFO). A call
+/// arriving at the very moment a permit comes back, between the release making it free and
+/// handing it to the queue, can take it first; the waiter then gets the next one.
 ///
 /// # Panics
 ///
@@ -170,8 +175,9 @@ impl<S> Bulkhead<S> {
                     self.state = match self.partition.try_acquire() {
                         Some(permit) => State::Reserved(permit),
                         None => match self.partition.enter_queue() {
-                            None => State::Rejected(BulkheadRejection::QueueFull),
-                            Some(place) => State::Waiting(wait(&self.partition, place)),
+                            Entry::Permit(permit) => State::Reserved(permit),
+                            Entry::Queued(place) => State::Waiting(wait(&self.partition, place)),
+                            Entry::Full => State::Rejected(BulkheadRejection::QueueFull),
                         },
                     };
                 }
@@ -191,19 +197,15 @@ impl<S> Bulkhead<S> {
 
 /// Waits up to `max_wait` for a permit, holding a place in the queue until it ends or is
 /// dropped.
-fn wait(partition: &Arc<Partition>, place: super::partition::QueuePlace) -> Wait {
+fn wait(partition: &Arc<Partition>, place: QueuePlace) -> Wait {
     let partition = partition.clone();
     let max_wait = partition.max_wait();
     Box::pin(async move {
         let _place = place;
-        // The semaphore is never closed; a closed one would count as a wait that ran out.
-        match tokio::time::timeout(max_wait, partition.semaphore.acquire()).await {
-            Ok(Ok(permit)) => {
-                // Handed over without an await in between, so a drop cannot lose it.
-                permit.forget();
-                Ok(Permit::new(partition.clone()))
-            }
-            Ok(Err(_)) | Err(_) => Err(max_wait),
+        match tokio::time::timeout(max_wait, partition.acquire_queued()).await {
+            // Handed over without an await in between, so a drop cannot lose it.
+            Ok(true) => Ok(Permit::queued(partition.clone())),
+            Ok(false) | Err(_) => Err(max_wait),
         }
     })
 }
