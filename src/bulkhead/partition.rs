@@ -412,3 +412,113 @@ impl fmt::Debug for BulkheadRegistry {
             .finish()
     }
 }
+
+/// The two orders in which a release and a call joining the queue can meet, played step by
+/// step (the multi-threaded stress test in `tests/bulkhead_stress.rs` plays them at random).
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn partition(max_concurrent: u32) -> Arc<Partition> {
+        let policy = BulkheadPolicy {
+            max_concurrent,
+            max_queue: 4,
+            max_wait: Duration::from_secs(60),
+            ..BulkheadPolicy::default()
+        };
+        Arc::new(Partition::new("test".into(), &policy))
+    }
+
+    /// Free permits on the lock-free path, and in the semaphore.
+    fn free_and_handed_over(p: &Partition) -> (usize, usize) {
+        (
+            p.free.load(Ordering::SeqCst),
+            p.semaphore.available_permits(),
+        )
+    }
+
+    fn queued(entry: Entry) -> QueuePlace {
+        match entry {
+            Entry::Queued(place) => place,
+            Entry::Permit(_) => panic!("expected to wait, got a permit"),
+            Entry::Full => panic!("expected to wait, the queue was full"),
+        }
+    }
+
+    #[test]
+    fn a_permit_released_before_the_call_joins_the_queue_is_found_by_its_second_look() {
+        let p = partition(1);
+        let held = p.try_acquire().expect("one permit");
+        // The call finds nothing free...
+        assert!(p.try_acquire().is_none());
+        // ...the permit comes back before the call is counted as waiting, so the release
+        // sees nobody to hand it to and leaves it in `free`...
+        drop(held);
+        assert_eq!(p.semaphore.available_permits(), 0);
+        // ...and the call, once counted, looks again and takes it instead of parking.
+        match p.enter_queue() {
+            Entry::Permit(_) => {}
+            _ => panic!("the second look must find the permit"),
+        }
+        assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(p.available(), 1);
+    }
+
+    #[test]
+    fn a_permit_released_after_the_call_joined_the_queue_is_handed_to_it() {
+        let p = partition(1);
+        let held = p.try_acquire().expect("one permit");
+        let place = queued(p.enter_queue());
+        let mut wait = pin!(p.acquire_queued());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        // The release sees the waiter and moves the permit into the semaphore for it.
+        drop(held);
+        assert_eq!(p.free.load(Ordering::SeqCst), 0);
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(true));
+        drop(place);
+        let permit = Permit::queued(p.clone());
+        assert_eq!(p.in_flight(), 1);
+        drop(permit);
+        assert_eq!((p.in_flight(), p.available()), (0, 1));
+    }
+
+    #[test]
+    fn a_permit_handed_to_a_waiter_that_left_is_taken_by_the_next_call() {
+        let p = partition(1);
+        let held = p.try_acquire().expect("one permit");
+        let place = queued(p.enter_queue());
+        drop(held);
+        // The waiter goes before it picks the permit up: it is left in the semaphore...
+        drop(place);
+        assert_eq!(free_and_handed_over(&p), (0, 1));
+        assert_eq!(p.available(), 1);
+        // ...where the next call finds it, and giving it back puts it on the lock-free path.
+        let permit = p.try_acquire().expect("the permit left in the semaphore");
+        drop(permit);
+        assert_eq!(free_and_handed_over(&p), (1, 0));
+    }
+
+    #[test]
+    fn a_shrink_retires_permits_left_in_the_semaphore_too() {
+        let p = partition(2);
+        let a = p.try_acquire().expect("a permit");
+        let b = p.try_acquire().expect("a permit");
+        let place = queued(p.enter_queue());
+        drop(a);
+        drop(place);
+        // The permit that came back went to the semaphore, for the waiter that left.
+        assert_eq!(p.semaphore.available_permits(), 1);
+        p.reconfigure(&BulkheadPolicy {
+            max_concurrent: 1,
+            ..BulkheadPolicy::default()
+        });
+        assert_eq!((p.in_flight(), p.available()), (1, 0));
+        drop(b);
+        assert_eq!((p.in_flight(), p.available()), (0, 1));
+    }
+}
