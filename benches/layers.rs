@@ -187,6 +187,14 @@ fn layers(c: &mut Criterion) {
     concurrent(c, &rt, "palisade bulkhead", || {
         BulkheadLayer::unshared("bench", &bulkhead_policy()).layer(noop())
     });
+    // One permit for two workers: calls queue for it, and each release hands it over
+    // through the semaphore (the path taken only when somebody waits).
+    concurrent(c, &rt, "palisade bulkhead (1 permit, queued)", || {
+        let mut policy = bulkhead_policy();
+        policy.max_concurrent = 1;
+        policy.max_queue = TASKS as u32;
+        BulkheadLayer::unshared("bench", &policy).layer(noop())
+    });
     concurrent(c, &rt, "tower timeout", || {
         tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(noop())
     });
