@@ -24,13 +24,17 @@ use crate::policy::{BulkheadPolicy, Policy};
 /// No wake-up is lost: a release adds to `free` and then reads `waiting`; a waiter adds to
 /// `waiting` and then looks at `free` (all `SeqCst`). Whatever the interleaving, one of the
 /// two sees the other's write: either the waiter takes the permit from `free` itself, or the
-/// release moves it into the semaphore, where the waiter gets it. A permit moved there for a
+/// release moves it into the semaphore, where the waiter gets it (or another call took the
+/// permit first, and its own release is the same race again). A permit moved there for a
 /// waiter that has left meanwhile is not lost: calls take from the semaphore too when `free`
 /// is empty.
 ///
 /// Its limits can change while calls are in flight ([`Partition::reconfigure`]). There are
 /// always `max_concurrent + debt` permits (free, in the semaphore or held): shrinking adds to
-/// the debt, and permits coming back pay it off before anybody else can take them.
+/// the debt, and permits coming back pay it off before anybody else can take them. The one
+/// exception is a release that read the debt just before a shrink raised it: its permit goes
+/// back to `free` and is retired right after, unless a call takes it in that instant, in
+/// which case the next release pays instead (the same as before the free count existed).
 pub(crate) struct Partition {
     pub(crate) name: Arc<str>,
     /// Free permits on the lock-free path.
