@@ -31,7 +31,9 @@ impl CorrelationId {
     /// A fresh UUIDv7 in its hyphenated lowercase form (`0190a5b4-7c1e-7d3a-...`).
     ///
     /// UUIDv7 starts with the Unix time in milliseconds, so IDs sort by creation time in logs
-    /// and databases. Each thread generates its own IDs, with no lock and no system call
+    /// and databases. On Linux and Android that millisecond is read from the kernel's coarse
+    /// realtime clock, so it can be up to a kernel tick (1 to 10 ms) behind the precise time.
+    /// Each thread generates its own IDs, with no lock and no system call
     /// after its first: the millisecond, then a 42-bit counter that restarts at a random value
     /// each millisecond (RFC 9562's method 1), then 32 random bits from a per-thread generator
     /// seeded from the operating system. The IDs of one thread strictly increase, even within a
