@@ -40,7 +40,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
         // The header to echo the ID in, and the ID.
-        echo: Option<(HeaderName, HeaderValue)>,
+        echo: Option<(HeaderName, CorrelationId)>,
         sensitive: ResponseSensitive,
     }
 }
@@ -48,7 +48,7 @@ pin_project_lite::pin_project! {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        echo: (HeaderName, HeaderValue),
+        echo: (HeaderName, CorrelationId),
         sensitive: ResponseSensitive,
     ) -> Self {
         ResponseFuture {
@@ -68,9 +68,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((name, value))) = (&mut result, this.echo.take()) {
+        if let (Ok(response), Some((name, id))) = (&mut result, this.echo.take()) {
             let headers = response.headers_mut();
-            headers.insert(name, value);
+            headers.insert(name, HeaderValue::from(id));
             // A response may carry secrets too (`Set-Cookie`); `mark` rules a header out with
             // one bit test, cheaper than even one hashed look-up.
             this.sensitive.headers().mark(headers);
