@@ -218,7 +218,7 @@ where
             });
         }
         req.extensions_mut().insert(id.clone());
-        let echo = (header.clone(), id.clone());
+        let echo = header.clone();
         let sensitive = if config.default_sensitive {
             ResponseSensitive::Default
         } else {
