@@ -126,6 +126,11 @@ fn correlation(c: &mut Criterion) {
     cpu(&mut g, "generated_id", || {
         now(layered.call(black_box(request(None))))
     });
+    // The hostile rows' own baselines: the same request shape (an `x-request-id` header that
+    // the layer replaces), so the difference is the layer's work only.
+    cpu(&mut g, "baseline_with_hostile_id", || {
+        now(plain.call(black_box(request(Some("a b c")))))
+    });
     cpu(&mut g, "hostile_id_replaced", || {
         now(layered.call(black_box(request(Some("a b c")))))
     });
@@ -134,6 +139,9 @@ fn correlation(c: &mut Criterion) {
     });
     cpu(&mut g, "generated_id_as_served", || {
         now(layered.call(black_box(served(None))))
+    });
+    cpu(&mut g, "baseline_with_hostile_id_as_served", || {
+        now(plain.call(black_box(served(Some("a b c")))))
     });
     cpu(&mut g, "hostile_id_replaced_as_served", || {
         now(layered.call(black_box(served(Some("a b c")))))
@@ -306,6 +314,12 @@ fn count_instructions(name: &str, calls: u64) {
             repeat(calls, || now(plain.call(black_box(served(None)))))
         }
         "generated_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(None))))),
+        "baseline_with_hostile_id" => {
+            repeat(calls, || now(plain.call(black_box(request(Some("a b c"))))))
+        }
+        "baseline_with_hostile_id_as_served" => {
+            repeat(calls, || now(plain.call(black_box(served(Some("a b c"))))))
+        }
         "hostile_id_replaced_as_served" => repeat(calls, || {
             now(correlated.call(black_box(served(Some("a b c")))))
         }),

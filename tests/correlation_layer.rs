@@ -81,6 +81,37 @@ proptest! {
     }
 }
 
+/// The echo is the ID the handler saw, also when the handler waits before answering (the
+/// response future takes the ID back from the task-local scope once the handler is done).
+#[test]
+fn the_echo_is_the_handlers_id_after_the_handler_waited() {
+    let service = ServiceBuilder::new()
+        .layer(CorrelationLayer::new())
+        .service_fn(|req: Request<()>| async move {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            let current = CorrelationId::current().unwrap().to_string();
+            assert_eq!(req.headers()[X_REQUEST_ID], current.as_str());
+            Ok::<_, Infallible>(Response::new(current))
+        });
+    for incoming in [Some("order-7f3a"), Some("a b c"), None] {
+        let mut req = Request::new(());
+        if let Some(id) = incoming {
+            req.headers_mut()
+                .insert(X_REQUEST_ID, HeaderValue::from_static(id));
+        }
+        let res = run(service.clone().oneshot(req)).unwrap();
+        let echoed = res.headers()[X_REQUEST_ID].to_str().unwrap();
+        assert_eq!(echoed, res.body(), "{incoming:?}");
+        match incoming {
+            Some("order-7f3a") => assert_eq!(echoed, "order-7f3a"),
+            _ => assert_eq!(echoed.len(), 36, "{incoming:?}"),
+        }
+        assert_eq!(res.headers().get_all(X_REQUEST_ID).iter().count(), 1);
+    }
+}
+
 #[test]
 fn dropping_the_response_future_mid_flight_leaves_nothing_behind() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -39,8 +39,9 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        // The header to echo the ID in, and the ID.
-        echo: Option<(HeaderName, HeaderValue)>,
+        // The header to echo the ID in; the ID itself is taken back from the task-local
+        // scope once the inner future is done (no copy or reference count of its own).
+        echo: Option<HeaderName>,
         sensitive: ResponseSensitive,
     }
 }
@@ -48,7 +49,7 @@ pin_project_lite::pin_project! {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        echo: (HeaderName, HeaderValue),
+        echo: HeaderName,
         sensitive: ResponseSensitive,
     ) -> Self {
         ResponseFuture {
@@ -66,11 +67,13 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((name, value))) = (&mut result, this.echo.take()) {
+        let mut this = self.project();
+        let mut result = ready!(this.inner.as_mut().poll(cx));
+        if let (Ok(response), Some(name), Some(id)) =
+            (&mut result, this.echo.take(), this.inner.take_value())
+        {
             let headers = response.headers_mut();
-            headers.insert(name, value);
+            headers.insert(name, HeaderValue::from(id));
             // A response may carry secrets too (`Set-Cookie`); `mark` rules a header out with
             // one bit test, cheaper than even one hashed look-up.
             this.sensitive.headers().mark(headers);
@@ -82,7 +85,7 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("echo", &self.echo.as_ref().map(|(_, id)| id))
+            .field("echo", &self.echo)
             .finish_non_exhaustive()
     }
 }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use http::HeaderValue;
 
 /// One request's correlation ID: visible ASCII, no spaces or control characters, at most
@@ -31,7 +30,9 @@ impl CorrelationId {
     /// A fresh UUIDv7 in its hyphenated lowercase form (`0190a5b4-7c1e-7d3a-...`).
     ///
     /// UUIDv7 starts with the Unix time in milliseconds, so IDs sort by creation time in logs
-    /// and databases. Each thread generates its own IDs, with no lock and no system call
+    /// and databases. On Linux and Android that millisecond is read from the kernel's coarse
+    /// realtime clock, so it can be up to a kernel tick (1 to 10 ms) behind the precise time.
+    /// Each thread generates its own IDs, with no lock and no system call
     /// after its first: the millisecond, then a 42-bit counter that restarts at a random value
     /// each millisecond (RFC 9562's method 1), then 32 random bits from a per-thread generator
     /// seeded from the operating system. The IDs of one thread strictly increase, even within a
@@ -86,14 +87,15 @@ impl CorrelationId {
     }
 
     /// The ID as a header value, ready to insert. For an ID taken from a header, that header's
-    /// value (a reference-count bump); for a generated one, a new value in one 36-byte
-    /// allocation, which its own clones then share.
+    /// value (a reference-count bump); for a generated one, a new value in a 36-byte buffer of
+    /// its own, so that dropping it frees it without an atomic reference count (cloning the
+    /// value shares that buffer, at the cost of one more allocation for the count).
     pub fn header_value(&self) -> HeaderValue {
         match &self.0 {
             Repr::Header(value) => value.clone(),
-            // `from_owner` makes the one allocation the value's clones share.
-            Repr::Uuid(text) => HeaderValue::from_maybe_shared(Bytes::from_owner(*text))
-                .expect("a hyphenated UUID is a valid header value"),
+            Repr::Uuid(text) => {
+                HeaderValue::from_bytes(text).expect("a hyphenated UUID is a valid header value")
+            }
         }
     }
 

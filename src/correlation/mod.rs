@@ -49,12 +49,14 @@
 //!
 //! # Cost
 //!
-//! With an ID present, a call costs a validation pass over the ID, a few reference-count bumps
-//! on the request's own buffer (extension, task-local, echo), a span (nearly free when no
-//! subscriber wants it) and no allocation other than the extension map's first insert. A
-//! generated ID is made on the calling thread with no lock: a clock read, a counter and a
-//! per-thread random generator. Its text is kept inline, so its copies cost nothing, and the
-//! request header and the echo share one 36-byte allocation. See `docs/performance.md`.
+//! With an ID present, a call costs a validation pass over the ID, a reference-count bump on
+//! the request's own buffer for the extension (the task-local's copy moves on to the echo), a
+//! span (nearly free when no subscriber wants it) and no allocation other than the extension
+//! map's first insert. A generated ID is made on the calling thread with no lock: a coarse
+//! clock read, a counter and a per-thread random generator. Its text is kept inline, so its
+//! copies (extension, task-local) cost no allocation and no reference count; the request
+//! header and the echo each get a 36-byte buffer of their own, freed without any atomic
+//! operation. See `docs/performance.md`.
 //!
 //! # Cancellation
 //!

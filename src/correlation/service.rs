@@ -204,12 +204,9 @@ where
         if config.join_trace {
             super::otel::join_incoming_trace(&span, req.headers());
         }
-        // One header value for the request and the response: for a generated ID, its one
-        // allocation; for an incoming one, a reference to the request's buffer.
-        let value = id.header_value();
         // Handlers that read the header see only the validated ID.
         if source != Source::MainHeader {
-            req.headers_mut().insert(header.clone(), value.clone());
+            req.headers_mut().insert(header.clone(), id.header_value());
             sensitive |= config.sensitive.contains(header);
         }
         if sensitive {
@@ -221,7 +218,7 @@ where
             });
         }
         req.extensions_mut().insert(id.clone());
-        let echo = (header.clone(), value);
+        let echo = header.clone();
         let sensitive = if config.default_sensitive {
             ResponseSensitive::Default
         } else {
