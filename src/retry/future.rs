@@ -102,7 +102,7 @@ where
                         // once costs no clock read, and one that waits is timed to within
                         // its first poll.
                         if this.attempt_started.is_none() {
-                            *this.attempt_started = Some(Instant::now());
+                            *this.attempt_started = Some(crate::clock::now());
                         }
                         return Poll::Pending;
                     };
@@ -146,7 +146,7 @@ where
                         return Poll::Ready(finish(shared, result, attempts, Some(stop)));
                     }
                     let delay = this.backoff.next_delay(class.retry_after);
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
                     let last = this

@@ -145,6 +145,7 @@ pub mod http;
 mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod outside;
 mod registry;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
@@ -169,6 +170,7 @@ pub use future::{IntoStackError, ResponseFuture};
 pub use layer::ResilienceLayer;
 #[cfg(feature = "metrics")]
 pub use metrics::FALLBACKS_TOTAL;
+pub use outside::{Outside, OutsideFuture};
 pub use registry::StackHandle;
 pub use select::{ByName, ByRequest, SelectOperation};
 pub use service::Resilience;

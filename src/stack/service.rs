@@ -202,6 +202,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        // One clock read for every layer of this call (see `crate::clock`): the metrics'
+        // start, the timeouts' deadlines, the breaker's window; the service itself runs
+        // outside it.
+        let _step = crate::clock::step();
         let Resilience { shared, local } = self;
         let mut table = shared.table.load();
         if table.is_stale() {
@@ -217,7 +221,12 @@ where
             .fallback
             .is_active()
             .then(|| stack.policy.name_arc().clone());
+        // When the call started, for the metrics: read once the layers are ready (the
+        // readiness check polls the user's service, after which the step reads the clock
+        // afresh), so the layers' own reads share it.
+        let start;
         let future = if !stack.policy.enabled {
+            start = crate::clock::now();
             // The kill switch: refused before any layer or the service is touched.
             ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
@@ -245,13 +254,17 @@ where
                 .service
                 .poll_ready(&mut Context::from_waker(Waker::noop()))
             {
-                Poll::Ready(Ok(())) => ResponseFuture::called(
-                    mine.service.call(request),
-                    operation,
-                    shared.classifier.clone(),
-                    shared.fallback.clone(),
-                ),
+                Poll::Ready(Ok(())) => {
+                    start = crate::clock::now();
+                    ResponseFuture::called(
+                        mine.service.call(request),
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
                 Poll::Ready(Err(e)) => {
+                    start = crate::clock::now();
                     // A service whose readiness failed is not called again.
                     *local = None;
                     ResponseFuture::refused(
@@ -262,6 +275,7 @@ where
                     )
                 }
                 Poll::Pending => {
+                    start = crate::clock::now();
                     let Some(mine) = local.take() else {
                         unreachable!("filled above");
                     };
@@ -278,10 +292,12 @@ where
         #[cfg(feature = "metrics")]
         let future = match &stack.metrics {
             Some(metrics) => MeteredFuture::Metered {
-                future: crate::metrics::ResponseFuture::bound(future, metrics.clone()),
+                future: crate::metrics::ResponseFuture::bound(future, metrics.clone(), start),
             },
             None => MeteredFuture::Plain { future },
         };
+        #[cfg(not(feature = "metrics"))]
+        let _ = start;
         future
     }
 }
