@@ -634,3 +634,46 @@ policies:
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     assert_eq!(in_flight.await.unwrap().unwrap(), "ok");
 }
+
+/// A stack call is listed once in the in-flight registry (by its total timeout), for as long
+/// as the whole call runs, retries and backoffs included; its attempt timeout still names
+/// the operation when it fires.
+#[tokio::test(start_paused = true)]
+async fn a_call_is_listed_in_flight_once_and_an_attempt_timeout_names_its_operation() {
+    use palisade::timeout::InFlight;
+    let policies = Policies::from_yaml_str(
+        "policies:\n  listed_once:\n    timeout: { total: 10s, attempt: 1s }\n    retry: { max_retries: 1, base_delay: 100ms, jitter: none }\n",
+    )
+    .unwrap();
+    let listed = || {
+        InFlight::global()
+            .snapshot()
+            .into_iter()
+            .filter(|call| &*call.operation == "listed_once")
+            .collect::<Vec<_>>()
+    };
+    let svc = ResilienceLayer::from_policies(policies, SelfClassified)
+        .without_correlation()
+        .layer(backend());
+    let call = tokio::spawn(svc.oneshot(request("listed_once", "/slow/5000")));
+    tokio::task::yield_now().await; // the call starts
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let calls = listed();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].elapsed, Duration::from_millis(500));
+    // The first attempt times out at 1 s; the second starts after the 100 ms backoff.
+    tokio::time::advance(Duration::from_millis(1_200)).await;
+    let calls = listed();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].elapsed, Duration::from_millis(1_700));
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let error = call.await.unwrap().unwrap_err();
+    match error.last_attempt() {
+        Error::Timeout(t) => {
+            assert_eq!(t.kind, TimeoutKind::Attempt);
+            assert_eq!(&*t.operation, "listed_once");
+        }
+        other => panic!("expected an attempt timeout, got {other:?}"),
+    }
+    assert!(listed().is_empty());
+}

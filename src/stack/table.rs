@@ -59,7 +59,10 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let _ = metrics;
         let policy = &state.policy;
         // Innermost first.
-        let attempt = TimeoutLayer::attempt_from(policy).layer(Outside::new(inner.clone()));
+        // The total timeout lists the call in the in-flight registry, once for all its attempts.
+        let attempt = TimeoutLayer::attempt_from(policy)
+            .unlisted()
+            .layer(Outside::new(inner.clone()));
         let breaker = B::wrap(&state.breaker, attempt);
         let retry =
             RetryLayer::from_policy(policy, ThroughLayers(ThroughLayers(classifier.clone())))

@@ -59,6 +59,11 @@ pub(crate) enum Listing {
         id: u16,
         slot: Option<usize>,
     },
+    /// Not listed; the global registry knows the operation by `id`.
+    Named {
+        registry: &'static InFlight,
+        id: u16,
+    },
 }
 
 impl Listing {
@@ -69,7 +74,9 @@ impl Listing {
                 shared.metrics.fired(kind);
                 return shared.operation.clone();
             }
-            Listing::Global { registry, id, .. } => registry.timed_out(*id, kind),
+            Listing::Global { registry, id, .. } | Listing::Named { registry, id } => {
+                registry.timed_out(*id, kind)
+            }
             Listing::Custom { registry, id, .. } => registry.timed_out(*id, kind),
         };
         found.unwrap_or_else(|| Arc::from("unknown"))
@@ -79,7 +86,7 @@ impl Listing {
 impl Drop for Listing {
     fn drop(&mut self) {
         match self {
-            Listing::Off(_) => {}
+            Listing::Off(_) | Listing::Named { .. } => {}
             Listing::Global { registry, slot, .. } => registry.finish(*slot),
             Listing::Custom { registry, slot, .. } => registry.finish(*slot),
         }

@@ -80,6 +80,7 @@ where
                 id: *id,
                 slot: registry.start(*id, now),
             },
+            ListIn::NameOnly(registry, id) => Listing::Named { registry, id: *id },
             ListIn::Registry(registry, id) => Listing::Custom {
                 slot: registry.start(*id, now),
                 registry: registry.clone(),
