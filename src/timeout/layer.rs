@@ -37,7 +37,7 @@ pub(crate) enum ListIn {
     /// Known to the global registry under this id (for the operation's name and metrics
     /// when a call times out) without listing calls: the stack's attempt timeout, whose
     /// call its total timeout lists already.
-    NameOnly(&'static InFlight, u16),
+    NameOnly(u16),
 }
 
 impl ListIn {
@@ -119,11 +119,11 @@ impl<X> TimeoutLayer<X> {
     /// backoffs) once. Unchanged if the layer lists elsewhere or nowhere.
     #[must_use]
     pub(crate) fn unlisted(self) -> Self {
-        let ListIn::Global(registry, id) = self.shared.in_flight else {
+        let ListIn::Global(_, id) = self.shared.in_flight else {
             return self;
         };
         let mut shared = self.shared_parts();
-        shared.in_flight = ListIn::NameOnly(registry, id);
+        shared.in_flight = ListIn::NameOnly(id);
         TimeoutLayer {
             shared: Arc::new(shared),
             extract: self.extract,

@@ -76,11 +76,10 @@ where
         let listing = match &shared.in_flight {
             ListIn::Nowhere => Listing::Off(self.shared.clone()),
             ListIn::Global(registry, id) => Listing::Global {
-                registry,
                 id: *id,
                 slot: registry.start(*id, now),
             },
-            ListIn::NameOnly(registry, id) => Listing::Named { registry, id: *id },
+            ListIn::NameOnly(id) => Listing::Named { id: *id },
             ListIn::Registry(registry, id) => Listing::Custom {
                 slot: registry.start(*id, now),
                 registry: registry.clone(),
