@@ -52,9 +52,11 @@ use crate::retry::Replay;
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
 /// extension lookup and a hash lookup), one hash of a pointer, the layers' own costs on this
 /// value's copy of them (no clone of them when the value is called again for the same
-/// operation; one clone when it is a fresh clone, as axum makes per request), the error
-/// metrics' clock reads and one reference count (unless turned off). No lock, and no
-/// allocation of its own. Figures in `docs/performance.md`.
+/// operation; one clone when it is a fresh clone, as axum makes per request), and one
+/// reference count for the error metrics (unless turned off). The layers and the metrics
+/// share one clock read when the call is made and one when it completes, instead of one
+/// each (see [`Outside`](super::Outside)). No lock, and no allocation of its own. Figures in
+/// `docs/performance.md`.
 pub struct Resilience<
     S,
     C,
