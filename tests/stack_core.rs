@@ -679,3 +679,43 @@ async fn a_call_is_listed_in_flight_once_and_an_attempt_timeout_names_its_operat
     }
     assert!(listed().is_empty());
 }
+
+/// A service value selecting by name selects once per table: a reload (here the kill switch
+/// turned on, then off, then the operation removed) still applies to its next call.
+#[tokio::test(start_paused = true)]
+async fn a_value_selecting_by_name_follows_reloads() {
+    use palisade::stack::ByName;
+    let store = PolicyStore::new(Policies::from_yaml_str("policies:\n  pinned: {}\n").unwrap());
+    let mut svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .with_select(ByName::new("pinned"))
+        .layer(backend());
+    // The same value each time (not a clone per call), so its own copy of the layers is reused.
+    async fn call<S: Service<http::Request<()>>>(svc: &mut S) -> Result<S::Response, S::Error>
+    where
+        S::Error: std::fmt::Debug,
+    {
+        let ready = svc.ready().await.unwrap();
+        ready.call(http::Request::get("/x").body(()).unwrap()).await
+    }
+    for _ in 0..2 {
+        assert_eq!(call(&mut svc).await.unwrap(), "ok");
+    }
+    store
+        .reload_from_str("policies:\n  pinned: { enabled: false }\n")
+        .unwrap();
+    match call(&mut svc).await {
+        Err(Error::OperationDisabled(off)) => assert_eq!(&*off.operation, "pinned"),
+        other => panic!("expected the kill switch, got {other:?}"),
+    }
+    store.reload_from_str("policies:\n  pinned: {}\n").unwrap();
+    assert_eq!(call(&mut svc).await.unwrap(), "ok");
+    // Removed: the name now selects the defaults.
+    store
+        .reload_from_str("defaults: { enabled: false }\npolicies:\n  other: {}\n")
+        .unwrap();
+    assert!(matches!(
+        call(&mut svc).await,
+        Err(Error::OperationDisabled(_))
+    ));
+}

@@ -78,6 +78,8 @@ struct Local<S, C, P, B: Breakers<C>> {
     /// it (compared only while that table is the running one, so the address is its own).
     table: u64,
     stack: usize,
+    /// The key of the operation's stack in that table (the address of its policy).
+    policy: usize,
     service: OperationService<S, C, P, B>,
 }
 
@@ -215,8 +217,17 @@ where
             table = shared.table.load();
         }
         let shared = &**shared;
-        let policy = shared.select.select(&table.policies, &request);
-        let stack = table.stack(policy);
+        // A selection that is the same for every request (by name) is made once per table
+        // and service value: the copy of the layers remembers the operation it is for.
+        let (stack, key) = match local {
+            Some(l) if l.table == table.id && shared.select.same_for_every_request() => {
+                (table.stack_by_key(l.policy), l.policy)
+            }
+            _ => {
+                let policy = shared.select.select(&table.policies, &request);
+                (table.stack(policy), Arc::as_ptr(policy) as usize)
+            }
+        };
         // The operation's name is kept for the fallback only: without one, a call holds no
         // reference count of its own for it.
         let operation = shared
@@ -245,6 +256,7 @@ where
                 _ => local.insert(Local {
                     table: table.id,
                     stack: id,
+                    policy: key,
                     service: stack.service.clone(),
                 }),
             };

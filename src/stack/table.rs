@@ -135,9 +135,12 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
 impl<S, C, P, B: Breakers<C>> Table<S, C, P, B> {
     /// The stack of a policy selected from this table's `policies`.
     pub(crate) fn stack(&self, policy: &Arc<Policy>) -> &OperationStack<S, C, P, B> {
-        self.operations
-            .get(&(Arc::as_ptr(policy) as usize))
-            .unwrap_or(&self.defaults)
+        self.stack_by_key(Arc::as_ptr(policy) as usize)
+    }
+
+    /// The stack of the policy at this address (the defaults' if none of the operations').
+    pub(crate) fn stack_by_key(&self, policy: usize) -> &OperationStack<S, C, P, B> {
+        self.operations.get(&policy).unwrap_or(&self.defaults)
     }
 
     pub(crate) fn is_stale(&self) -> bool {
