@@ -303,12 +303,54 @@ fn tower_resilience() -> impl Service<u64, Error = impl Debug> {
         .service(noop())
 }
 
+/// A runtime as `#[tokio::main]` makes it: multi-thread, here with two workers.
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Like `sequential`, but the service is built inside a multi-thread runtime (as an
+/// application under `#[tokio::main]` builds it), so the breakers' coarse tick runs on a
+/// worker and a success reads no clock for the breaker's window; the calls are still made
+/// one after the other, from the runtime's `block_on` thread. CPU time of the whole process
+/// (the tick's wakes included).
+fn sequential_multi_thread<S, F>(c: &mut Criterion, name: &str, make: F)
+where
+    F: Fn() -> S,
+    S: Service<u64>,
+    S::Error: Debug,
+{
+    let rt = multi_thread_runtime();
+    let mut group = c.benchmark_group("stack_sequential");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut service = make();
+                drive(&mut service, 1).await;
+                let start = CpuTimer::start();
+                drive(&mut service, iters).await;
+                start.elapsed(1)
+            })
+        })
+    });
+    group.finish();
+}
+
 fn stack(c: &mut Criterion) {
     sequential(c, "stack_sequential", "baseline (no layer)", noop);
     sequential(
         c,
         "stack_sequential",
         "palisade ResilienceLayer (whole stack)",
+        whole_stack,
+    );
+    sequential_multi_thread(
+        c,
+        "palisade ResilienceLayer (whole stack, built in a multi-thread runtime)",
         whole_stack,
     );
     {
@@ -360,11 +402,16 @@ fn stack(c: &mut Criterion) {
     );
 }
 
-/// `STACK_COUNT=<stack|stack-nometrics|stack-clone|stack-prometheus|hand|tower-resilience|noop|http-noop|http-stack|http-hand> STACK_CALLS=<n>`: makes `n` sequential
+/// `STACK_COUNT=<stack|stack-mt|stack-nometrics|stack-clone|stack-prometheus|hand|tower-resilience|noop|http-noop|http-stack|http-hand> STACK_CALLS=<n>`: makes `n` sequential
 /// calls and exits, for `valgrind --tool=cachegrind --cache-sim=no`. Two runs with two values
 /// of `n`: the difference in instructions over the difference in calls is one call's cost,
 /// free of the machine's noise.
 fn count_instructions(name: &str, calls: u64) {
+    if name == "stack-mt" {
+        // Built and driven as `sequential_multi_thread` does.
+        multi_thread_runtime().block_on(async { drive(&mut whole_stack(), calls).await });
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -383,10 +430,47 @@ fn count_instructions(name: &str, calls: u64) {
             "http-stack" => drive_http(&mut http_stack(), calls).await,
             "http-hand" => drive_http(&mut http_by_hand(), calls).await,
             "hand" => drive(&mut by_hand(), calls).await,
+            "sizes" => print_future_sizes(),
             "tower-resilience" => drive(&mut tower_resilience(), calls).await,
             _ => drive(&mut noop(), calls).await,
         }
     });
+}
+
+/// `STACK_COUNT=sizes`: prints the size of each layer's response future, innermost first,
+/// as the layers stack by hand, and of the whole stack's (every layer's `call` moves its
+/// inner future into its own, so the sizes are what the calls copy).
+fn print_future_sizes() {
+    fn size<S: Service<u64>>(name: &str, mut svc: S) {
+        let ready = svc.poll_ready(&mut Context::from_waker(std::task::Waker::noop()));
+        assert!(ready.is_ready());
+        let future = svc.call(0);
+        println!("{name:<40} {:>5} bytes", std::mem::size_of_val(&future));
+    }
+    let p: Policy = (**policies().for_operation("bench")).clone();
+    let attempt = || TimeoutLayer::attempt_from(&p).layer(noop());
+    let breaker =
+        || CircuitBreakerLayer::from_policy(&p, ThroughLayers(SelfClassified)).layer(attempt());
+    let retry = || {
+        RetryLayer::from_policy(&p, ThroughLayers(ThroughLayers(SelfClassified))).layer(breaker())
+    };
+    let total = || TimeoutLayer::total_from(&p).layer(retry());
+    println!(
+        "{:<40} {:>5} bytes",
+        "tokio::time::Sleep",
+        std::mem::size_of::<tokio::time::Sleep>()
+    );
+    size("noop", noop());
+    size("attempt timeout", attempt());
+    size("+ circuit breaker", breaker());
+    size("+ retry", retry());
+    size("+ total timeout", total());
+    size(
+        "+ bulkhead (by hand)",
+        BulkheadLayer::unshared("bench", &p.bulkhead).layer(total()),
+    );
+    size("whole stack", whole_stack());
+    size("whole stack, metrics off", whole_stack_without_metrics());
 }
 
 criterion_group!(benches, stack, stack_concurrent);

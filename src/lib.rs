@@ -41,6 +41,7 @@
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
+mod clock;
 #[cfg(feature = "correlation")]
 pub mod correlation;
 pub mod error;

@@ -634,3 +634,88 @@ policies:
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     assert_eq!(in_flight.await.unwrap().unwrap(), "ok");
 }
+
+/// A stack call is listed once in the in-flight registry (by its total timeout), for as long
+/// as the whole call runs, retries and backoffs included; its attempt timeout still names
+/// the operation when it fires.
+#[tokio::test(start_paused = true)]
+async fn a_call_is_listed_in_flight_once_and_an_attempt_timeout_names_its_operation() {
+    use palisade::timeout::InFlight;
+    let policies = Policies::from_yaml_str(
+        "policies:\n  listed_once:\n    timeout: { total: 10s, attempt: 1s }\n    retry: { max_retries: 1, base_delay: 100ms, jitter: none }\n",
+    )
+    .unwrap();
+    let listed = || {
+        InFlight::global()
+            .snapshot()
+            .into_iter()
+            .filter(|call| &*call.operation == "listed_once")
+            .collect::<Vec<_>>()
+    };
+    let svc = ResilienceLayer::from_policies(policies, SelfClassified)
+        .without_correlation()
+        .layer(backend());
+    let call = tokio::spawn(svc.oneshot(request("listed_once", "/slow/5000")));
+    tokio::task::yield_now().await; // the call starts
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let first = listed();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // The first attempt times out at 1 s; the second starts after the 100 ms backoff, and
+    // the call is still listed once, as the same call (running longer). (Elapsed times are
+    // not compared exactly: the global registry's time base may come from another test's
+    // clock.)
+    tokio::time::advance(Duration::from_millis(1_200)).await;
+    let second = listed();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(second[0].elapsed > first[0].elapsed, "{first:?} {second:?}");
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let error = call.await.unwrap().unwrap_err();
+    match error.last_attempt() {
+        Error::Timeout(t) => {
+            assert_eq!(t.kind, TimeoutKind::Attempt);
+            assert_eq!(&*t.operation, "listed_once");
+        }
+        other => panic!("expected an attempt timeout, got {other:?}"),
+    }
+    assert!(listed().is_empty());
+}
+
+/// A service value selecting by name selects once per table: a reload (here the kill switch
+/// turned on, then off, then the operation removed) still applies to its next call.
+#[tokio::test(start_paused = true)]
+async fn a_value_selecting_by_name_follows_reloads() {
+    use palisade::stack::ByName;
+    let store = PolicyStore::new(Policies::from_yaml_str("policies:\n  pinned: {}\n").unwrap());
+    let mut svc = ResilienceLayer::new(store.clone(), SelfClassified)
+        .without_correlation()
+        .with_select(ByName::new("pinned"))
+        .layer(backend());
+    // The same value each time (not a clone per call), so its own copy of the layers is reused.
+    async fn call<S: Service<http::Request<()>>>(svc: &mut S) -> Result<S::Response, S::Error>
+    where
+        S::Error: std::fmt::Debug,
+    {
+        let ready = svc.ready().await.unwrap();
+        ready.call(http::Request::get("/x").body(()).unwrap()).await
+    }
+    for _ in 0..2 {
+        assert_eq!(call(&mut svc).await.unwrap(), "ok");
+    }
+    store
+        .reload_from_str("policies:\n  pinned: { enabled: false }\n")
+        .unwrap();
+    match call(&mut svc).await {
+        Err(Error::OperationDisabled(off)) => assert_eq!(&*off.operation, "pinned"),
+        other => panic!("expected the kill switch, got {other:?}"),
+    }
+    store.reload_from_str("policies:\n  pinned: {}\n").unwrap();
+    assert_eq!(call(&mut svc).await.unwrap(), "ok");
+    // Removed: the name now selects the defaults.
+    store
+        .reload_from_str("defaults: { enabled: false }\npolicies:\n  other: {}\n")
+        .unwrap();
+    assert!(matches!(
+        call(&mut svc).await,
+        Err(Error::OperationDisabled(_))
+    ));
+}

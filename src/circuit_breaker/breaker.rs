@@ -229,10 +229,11 @@ impl Breaker {
         }
     }
 
-    /// Nanoseconds since this breaker was built, on tokio's (pausable) clock.
+    /// Nanoseconds since this breaker was built, on tokio's (pausable) clock (the stack's
+    /// shared read when inside it: see `crate::clock`).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.base))
+        nanos(crate::clock::now().saturating_duration_since(self.base))
     }
 
     /// The ticker's time.

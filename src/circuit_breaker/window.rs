@@ -160,7 +160,7 @@ impl Window {
             let tick = match now {
                 Some(now) => now / self.time.width(),
                 None => match coarse.load(Ordering::Relaxed) {
-                    super::tick::UNAVAILABLE => self.time.bucket_tick(base, Instant::now()),
+                    super::tick::UNAVAILABLE => self.time.bucket_tick(base, crate::clock::now()),
                     tick => tick,
                 },
             };

@@ -128,13 +128,13 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
-    /// Records with one operation's registered handles.
-    pub(crate) fn bound(inner: F, bound: Arc<Bound<C>>) -> Self {
+    /// Records with one operation's registered handles, for a call that started at `start`.
+    pub(crate) fn bound(inner: F, bound: Arc<Bound<C>>, start: Instant) -> Self {
         ResponseFuture {
             inner,
             pending: Some(Pending {
                 source: Source::Bound(bound),
-                start: Instant::now(),
+                start,
             }),
         }
     }
@@ -164,7 +164,10 @@ static METADATA: Metadata<'static> =
 
 impl<C> Pending<C> {
     fn record(self, outcome: &Outcome) {
-        let elapsed = self.start.elapsed().as_secs_f64();
+        // The stack's shared read when inside it (see `crate::clock`), else the clock.
+        let elapsed = crate::clock::now()
+            .saturating_duration_since(self.start)
+            .as_secs_f64();
         match &self.source {
             Source::Layer { operation, .. } => {
                 let keys = operation.keys();

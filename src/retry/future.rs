@@ -12,6 +12,7 @@ use super::Replay;
 use super::backoff::Backoff;
 use super::layer::Shared;
 use super::metrics::Ended;
+use super::service::Parts;
 use crate::classify::{Classify, Outcome, Transience};
 use crate::error::{Error, Retried, RetryStop};
 use crate::timeout::Deadline;
@@ -22,24 +23,24 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        shared: Arc<Shared<C, P>>,
-        service: S,
+        parts: Arc<Parts<S, C, P>>,
         request: Option<Req>,
         attempts: u32,
         // When the attempt was first seen pending; `None` while it has not been.
         attempt_started: Option<Instant>,
         backoff: Backoff,
         #[pin]
-        state: State<S::Future>,
+        state: State<S, S::Future>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<S, F> {
         Attempt { #[pin] future: F },
         Backoff { #[pin] sleep: Sleep },
-        Readying,
+        // A fresh clone of the layer's service for this retry, readied, called, dropped.
+        Readying { service: S },
     }
 }
 
@@ -48,15 +49,13 @@ where
     S: Service<Req>,
 {
     pub(crate) fn new(
-        shared: Arc<Shared<C, P>>,
-        service: S,
+        parts: Arc<Parts<S, C, P>>,
         request: Option<Req>,
         attempt: S::Future,
         backoff: Backoff,
     ) -> Self {
         ResponseFuture {
-            shared,
-            service,
+            parts,
             request,
             attempts: 1,
             attempt_started: None,
@@ -74,10 +73,10 @@ where
         let state = match self.state {
             State::Attempt { .. } => "attempt",
             State::Backoff { .. } => "backoff",
-            State::Readying => "readying",
+            State::Readying { .. } => "readying",
         };
         f.debug_struct("ResponseFuture")
-            .field("operation", &self.shared.operation)
+            .field("operation", &self.parts.shared.operation)
             .field("attempts", &self.attempts)
             .field("state", &state)
             .finish()
@@ -86,7 +85,7 @@ where
 
 impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     C: Classify<S::Response, S::Error>,
     P: Replay<Req, S::Response>,
 {
@@ -102,11 +101,11 @@ where
                         // once costs no clock read, and one that waits is timed to within
                         // its first poll.
                         if this.attempt_started.is_none() {
-                            *this.attempt_started = Some(Instant::now());
+                            *this.attempt_started = Some(crate::clock::now());
                         }
                         return Poll::Pending;
                     };
-                    let shared = &**this.shared;
+                    let shared = &*this.parts.shared;
                     let attempts = *this.attempts;
                     let outcome = shared.classifier.outcome(result.as_ref());
                     let class = match &outcome {
@@ -146,7 +145,7 @@ where
                         return Poll::Ready(finish(shared, result, attempts, Some(stop)));
                     }
                     let delay = this.backoff.next_delay(class.retry_after);
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
                     let last = this
@@ -178,7 +177,8 @@ where
                         "palisade: retrying after a transient failure"
                     );
                     if delay.is_zero() {
-                        this.state.set(State::Readying);
+                        let service = this.parts.service();
+                        this.state.set(State::Readying { service });
                     } else {
                         this.state.set(State::Backoff {
                             sleep: tokio::time::sleep(delay),
@@ -187,19 +187,20 @@ where
                 }
                 StateProj::Backoff { sleep } => {
                     ready!(sleep.poll(cx));
-                    this.state.set(State::Readying);
+                    let service = this.parts.service();
+                    this.state.set(State::Readying { service });
                 }
-                StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        this.shared.metrics.ended(Ended::FailedAfterRetries);
+                StateProj::Readying { service } => {
+                    let shared = &*this.parts.shared;
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        shared.metrics.ended(Ended::FailedAfterRetries);
                         return Poll::Ready(Err(retried(
-                            this.shared,
+                            shared,
                             e,
                             *this.attempts,
                             RetryStop::NotRetryable,
                         )));
                     }
-                    let shared = &**this.shared;
                     *this.attempts += 1;
                     // Keep a copy only if yet another retry may follow.
                     let request = if *this.attempts > shared.policy.max_retries {
@@ -214,7 +215,7 @@ where
                         // Unreachable: a retry is only decided with a request in hand.
                         unreachable!("retry decided without a request to send");
                     };
-                    let future = this.service.call(request);
+                    let future = service.call(request);
                     shared.metrics.attempt();
                     this.state.set(State::Attempt { future });
                 }

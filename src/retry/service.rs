@@ -1,7 +1,7 @@
 use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -17,29 +17,58 @@ use crate::error::Error;
 ///
 /// # Readiness and cancellation
 ///
-/// `call` sends the first attempt on the service that `poll_ready` readied and keeps it in
-/// the response future for later attempts; before each retry the future waits for the
-/// backoff and then polls the service's readiness again. Dropping the future at any point
-/// (during an attempt, a backoff or a readiness wait) drops the attempt in flight, the
-/// service and the request copy; nothing else is held. A retry already taken from the budget
-/// is not given back.
+/// `call` sends the first attempt on the service that `poll_ready` readied. Each retry goes
+/// to a fresh clone of a copy of the inner service taken at the first call of this service
+/// or any of its clones (kept once, shared by them), after the backoff and after that
+/// clone's readiness: the readied service stays here for the next call instead of moving
+/// into the future, so a call clones no service unless it is retried (changes made through
+/// [`get_mut`](Retry::get_mut) after the first call do not reach retries). Dropping the future at any point (during an attempt, a backoff or a
+/// readiness wait) drops the attempt in flight, the retry's service and the request copy;
+/// nothing else is held. A retry already taken from the budget is not given back.
 ///
 /// # Cost
 ///
-/// The success path clones the inner service (as tower's `Retry` does) and a shared `Arc`,
-/// copies the request for a possible retry (`Replay`), counts the request in the budget (one
-/// relaxed add), and allocates nothing of its own. It reads the clock only if an attempt is
+/// The success path clones one shared `Arc` (tower's `Retry` clones the inner service
+/// instead, with every reference count in it), copies the request for a possible retry
+/// (`Replay`), counts the request in the budget (one relaxed add), and allocates nothing of
+/// its own. It reads the clock only if an attempt is
 /// not done at its first poll (to time the attempt), and on failures. `S::Error` need not be
 /// `Clone`.
 pub struct Retry<S, C, P = CloneRequest> {
     inner: S,
-    shared: Arc<Shared<C, P>>,
+    parts: Arc<Parts<S, C, P>>,
     rng: Rng,
+}
+
+/// What a service's calls share with their futures, behind one reference count: the layer's
+/// settings, and a clone of the service taken at the first call, cloned again for each retry.
+/// (In a `Mutex`, taken on retries only, so that a service that is `Send` but not `Sync`,
+/// such as a `BoxCloneService`, still makes a `Send` retry service.)
+pub(crate) struct Parts<S, C, P> {
+    pub(crate) shared: Arc<Shared<C, P>>,
+    template: OnceLock<Mutex<S>>,
+}
+
+impl<S: Clone, C, P> Parts<S, C, P> {
+    /// A service for a retry.
+    pub(crate) fn service(&self) -> S {
+        let Some(template) = self.template.get() else {
+            unreachable!("a retry follows a first call, which keeps the template");
+        };
+        template.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl<S, C, P> Retry<S, C, P> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, P>>, rng: Rng) -> Self {
-        Retry { inner, shared, rng }
+        Retry {
+            inner,
+            parts: Arc::new(Parts {
+                shared,
+                template: OnceLock::new(),
+            }),
+            rng,
+        }
     }
 
     /// The wrapped service.
@@ -71,7 +100,7 @@ impl<S: Clone, C, P> Clone for Retry<S, C, P> {
         let seed = rng.next_u64() ^ salt.wrapping_mul(0xA076_1D64_78BD_642F);
         Retry {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            parts: self.parts.clone(),
             rng: Rng::seeded(seed),
         }
     }
@@ -98,11 +127,11 @@ impl<S: fmt::Debug, C: fmt::Debug, P: fmt::Debug> fmt::Debug for Retry<S, C, P> 
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("operation", &self.shared.operation)
-            .field("policy", &self.shared.policy)
-            .field("classifier", &self.shared.classifier)
-            .field("replay", &self.shared.replay)
-            .field("budget", &self.shared.budget)
+            .field("operation", &self.parts.shared.operation)
+            .field("policy", &self.parts.shared.policy)
+            .field("classifier", &self.parts.shared.classifier)
+            .field("replay", &self.parts.shared.replay)
+            .field("budget", &self.parts.shared.budget)
             .finish()
     }
 }
@@ -122,18 +151,20 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = &*self.shared;
+        let shared = &*self.parts.shared;
         shared.budget.deposit();
         let copy = if shared.policy.max_retries > 0 {
             shared.replay.replay(&request)
         } else {
             None
         };
-        // Call the service that was readied; keep it for the retries, and a clone here.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
-        let attempt = service.call(request);
+        // Call the service that was readied, in place; retries clone the template (taken
+        // once, at the first call of this service or a clone of it).
+        self.parts
+            .template
+            .get_or_init(|| Mutex::new(self.inner.clone()));
+        let attempt = self.inner.call(request);
         let backoff = Backoff::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
-        ResponseFuture::new(self.shared.clone(), service, copy, attempt, backoff)
+        ResponseFuture::new(self.parts.clone(), copy, attempt, backoff)
     }
 }

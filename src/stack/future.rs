@@ -143,6 +143,9 @@ where
     type Output = Result<Svc::Response, Error<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // One clock read for every layer of this poll (see `crate::clock`); already open
+        // when the stack's metrics poll this future.
+        let _step = crate::clock::step();
         let mut this = self.project();
         loop {
             let (result, classification) = match this.state.as_mut().project() {
@@ -178,16 +181,21 @@ where
                     this.classifier,
                     this.operation,
                 )?,
-                StateProj::Fallback { future } => return future.poll(cx),
+                // The fallback is the user's code: outside the shared clock read.
+                StateProj::Fallback { future } => {
+                    return crate::clock::outside(|| future.poll(cx));
+                }
             };
             let Some(operation) = this.operation else {
                 unreachable!("failures reach here only when there is a fallback");
             };
             record_fallback(operation, classification.as_ref());
-            let future = this.fallback.recover(Failure {
-                operation: operation.clone(),
-                result,
-                classification,
+            let future = crate::clock::outside(|| {
+                this.fallback.recover(Failure {
+                    operation: operation.clone(),
+                    result,
+                    classification,
+                })
             });
             this.state.set(State::Fallback { future });
         }
@@ -251,6 +259,8 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // One clock read for the layers and the metrics' end (see `crate::clock`).
+        let _step = crate::clock::step();
         match self.project() {
             MeteredProj::Metered { future } => future.poll(cx),
             MeteredProj::Plain { future } => future.poll(cx),

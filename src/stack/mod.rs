@@ -128,6 +128,21 @@
 //!   wait until fewer than the new limit are out);
 //! - a removed operation's state is dropped (calls in flight keep theirs until they end).
 //!
+//! # Clock reads and in-flight calls
+//!
+//! The layers of one call share the stack's clock reads: the error metrics' start, the two
+//! timeouts' deadlines and the breaker's time window use one read of tokio's clock made when
+//! the call is made, and the breaker's window and the metrics' end one read made when it
+//! completes. The user's service (its readiness, its `call`, its future) and the fallback run
+//! outside that sharing ([`Outside`]): they, and any palisade layer inside them, read the
+//! clock themselves, and the layers read it afresh after them, so the time they take is never
+//! hidden. A shared read is thus never older than the stack's own code that ran since (its
+//! layers, and the synchronous hooks it calls: selection, request replay, classification).
+//!
+//! A call is listed in the timeouts' [`InFlight`](crate::timeout::InFlight) registry once,
+//! by its total timeout, for as long as it runs (attempts and backoffs included); the attempt
+//! timeout lists nothing but still names the operation in its errors and metrics.
+//!
 //! # Boxing
 //!
 //! Nothing is boxed per call by the stack: the response future is a named type over the
@@ -145,6 +160,7 @@ pub mod http;
 mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod outside;
 mod registry;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
@@ -169,6 +185,7 @@ pub use future::{IntoStackError, ResponseFuture};
 pub use layer::ResilienceLayer;
 #[cfg(feature = "metrics")]
 pub use metrics::FALLBACKS_TOTAL;
+pub use outside::{Outside, OutsideFuture};
 pub use registry::StackHandle;
 pub use select::{ByName, ByRequest, SelectOperation};
 pub use service::Resilience;

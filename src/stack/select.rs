@@ -12,6 +12,13 @@ use crate::policy::{Policies, Policy};
 pub trait SelectOperation<Req> {
     /// The policy `request` runs under.
     fn select<'p>(&self, policies: &'p Policies, request: &Req) -> &'p Arc<Policy>;
+
+    /// Whether `select` gives the same policy for every request of one table, as
+    /// [`ByName`] does: the stack then asks once per table for each service value that is
+    /// called again, not once per call. `false` unless overridden.
+    fn same_for_every_request(&self) -> bool {
+        false
+    }
 }
 
 /// Selects by what the request says about itself: for `http::Request`s, an explicit
@@ -43,5 +50,9 @@ impl ByName {
 impl<Req> SelectOperation<Req> for ByName {
     fn select<'p>(&self, policies: &'p Policies, _request: &Req) -> &'p Arc<Policy> {
         policies.for_operation(&self.0)
+    }
+
+    fn same_for_every_request(&self) -> bool {
+        true
     }
 }

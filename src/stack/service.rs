@@ -52,9 +52,11 @@ use crate::retry::Replay;
 /// Per call: one lock-free load of the table, the selection (for `http::Request`s an
 /// extension lookup and a hash lookup), one hash of a pointer, the layers' own costs on this
 /// value's copy of them (no clone of them when the value is called again for the same
-/// operation; one clone when it is a fresh clone, as axum makes per request), the error
-/// metrics' clock reads and one reference count (unless turned off). No lock, and no
-/// allocation of its own. Figures in `docs/performance.md`.
+/// operation; one clone when it is a fresh clone, as axum makes per request), and one
+/// reference count for the error metrics (unless turned off). The layers and the metrics
+/// share one clock read when the call is made and one when it completes, instead of one
+/// each (see [`Outside`](super::Outside)). No lock, and no allocation of its own. Figures in
+/// `docs/performance.md`.
 pub struct Resilience<
     S,
     C,
@@ -76,6 +78,8 @@ struct Local<S, C, P, B: Breakers<C>> {
     /// it (compared only while that table is the running one, so the address is its own).
     table: u64,
     stack: usize,
+    /// The key of the operation's stack in that table (the address of its policy).
+    policy: usize,
     service: OperationService<S, C, P, B>,
 }
 
@@ -202,6 +206,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        // One clock read for every layer of this call (see `crate::clock`): the metrics'
+        // start, the timeouts' deadlines, the breaker's window; the service itself runs
+        // outside it.
+        let _step = crate::clock::step();
         let Resilience { shared, local } = self;
         let mut table = shared.table.load();
         if table.is_stale() {
@@ -209,15 +217,29 @@ where
             table = shared.table.load();
         }
         let shared = &**shared;
-        let policy = shared.select.select(&table.policies, &request);
-        let stack = table.stack(policy);
+        // A selection that is the same for every request (by name) is made once per table
+        // and service value: the copy of the layers remembers the operation it is for.
+        let (stack, key) = match local {
+            Some(l) if l.table == table.id && shared.select.same_for_every_request() => {
+                (table.stack_by_key(l.policy), l.policy)
+            }
+            _ => {
+                let policy = shared.select.select(&table.policies, &request);
+                (table.stack(policy), Arc::as_ptr(policy) as usize)
+            }
+        };
         // The operation's name is kept for the fallback only: without one, a call holds no
         // reference count of its own for it.
         let operation = shared
             .fallback
             .is_active()
             .then(|| stack.policy.name_arc().clone());
+        // When the call started, for the metrics: read once the layers are ready (the
+        // readiness check polls the user's service, after which the step reads the clock
+        // afresh), so the layers' own reads share it.
+        let start;
         let future = if !stack.policy.enabled {
+            start = crate::clock::now();
             // The kill switch: refused before any layer or the service is touched.
             ResponseFuture::refused(
                 Error::OperationDisabled(OperationDisabled {
@@ -234,6 +256,7 @@ where
                 _ => local.insert(Local {
                     table: table.id,
                     stack: id,
+                    policy: key,
                     service: stack.service.clone(),
                 }),
             };
@@ -245,13 +268,17 @@ where
                 .service
                 .poll_ready(&mut Context::from_waker(Waker::noop()))
             {
-                Poll::Ready(Ok(())) => ResponseFuture::called(
-                    mine.service.call(request),
-                    operation,
-                    shared.classifier.clone(),
-                    shared.fallback.clone(),
-                ),
+                Poll::Ready(Ok(())) => {
+                    start = crate::clock::now();
+                    ResponseFuture::called(
+                        mine.service.call(request),
+                        operation,
+                        shared.classifier.clone(),
+                        shared.fallback.clone(),
+                    )
+                }
                 Poll::Ready(Err(e)) => {
+                    start = crate::clock::now();
                     // A service whose readiness failed is not called again.
                     *local = None;
                     ResponseFuture::refused(
@@ -262,6 +289,7 @@ where
                     )
                 }
                 Poll::Pending => {
+                    start = crate::clock::now();
                     let Some(mine) = local.take() else {
                         unreachable!("filled above");
                     };
@@ -278,10 +306,12 @@ where
         #[cfg(feature = "metrics")]
         let future = match &stack.metrics {
             Some(metrics) => MeteredFuture::Metered {
-                future: crate::metrics::ResponseFuture::bound(future, metrics.clone()),
+                future: crate::metrics::ResponseFuture::bound(future, metrics.clone(), start),
             },
             None => MeteredFuture::Plain { future },
         };
+        #[cfg(not(feature = "metrics"))]
+        let _ = start;
         future
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 
 use super::breakers::{Breakers, PerOperation};
+use super::outside::Outside;
 use super::registry::{OperationState, States};
 use crate::bulkhead::Bulkhead;
 use crate::error::ThroughLayers;
@@ -16,14 +17,17 @@ use crate::retry::{Retry, RetryLayer};
 use crate::timeout::{Timeout, TimeoutLayer};
 
 /// The layers one operation's calls go through, outermost first: bulkhead -> total timeout ->
-/// retry -> circuit breaker -> attempt timeout -> the service. This alias (with
-/// the private `OperationStack::build`) is the only place that knows the order.
+/// retry -> circuit breaker -> attempt timeout -> the service (wrapped in [`Outside`], which
+/// marks where the stack's shared clock read ends). This alias (with the private
+/// `OperationStack::build`) is the only place that knows the order.
 ///
 /// [`Resilience`](super::Resilience) wraps these in the kill switch, the fallback and the
 /// stack's error metrics; the correlation layer and the conversion of errors into responses
 /// sit outside it (`ResilienceLayer::layer`); see the [module docs](super).
 pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
-    Timeout<Retry<<B as Breakers<C>>::Service<Timeout<S>>, ThroughLayers<ThroughLayers<C>>, P>>,
+    Timeout<
+        Retry<<B as Breakers<C>>::Service<Timeout<Outside<S>>>, ThroughLayers<ThroughLayers<C>>, P>,
+    >,
 >;
 
 /// One operation of one service: its policy snapshot and its layers.
@@ -55,7 +59,10 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
         let _ = metrics;
         let policy = &state.policy;
         // Innermost first.
-        let attempt = TimeoutLayer::attempt_from(policy).layer(inner.clone());
+        // The total timeout lists the call in the in-flight registry, once for all its attempts.
+        let attempt = TimeoutLayer::attempt_from(policy)
+            .unlisted()
+            .layer(Outside::new(inner.clone()));
         let breaker = B::wrap(&state.breaker, attempt);
         let retry =
             RetryLayer::from_policy(policy, ThroughLayers(ThroughLayers(classifier.clone())))
@@ -128,9 +135,12 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> Table<S, C, P, B> {
 impl<S, C, P, B: Breakers<C>> Table<S, C, P, B> {
     /// The stack of a policy selected from this table's `policies`.
     pub(crate) fn stack(&self, policy: &Arc<Policy>) -> &OperationStack<S, C, P, B> {
-        self.operations
-            .get(&(Arc::as_ptr(policy) as usize))
-            .unwrap_or(&self.defaults)
+        self.stack_by_key(Arc::as_ptr(policy) as usize)
+    }
+
+    /// The stack of the policy at this address (the defaults' if none of the operations').
+    pub(crate) fn stack_by_key(&self, policy: usize) -> &OperationStack<S, C, P, B> {
+        self.operations.get(&policy).unwrap_or(&self.defaults)
     }
 
     pub(crate) fn is_stale(&self) -> bool {

@@ -9,6 +9,7 @@ use tokio::time::Sleep;
 
 use super::InFlight;
 use super::deadline::Deadline;
+use super::in_flight::Slot;
 use super::layer::Shared;
 use crate::error::{Error, TimeoutError, TimeoutKind};
 
@@ -28,7 +29,9 @@ pin_project! {
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F> {
-        Running { #[pin] inner: F, deadline: Deadline, kind: TimeoutKind, limit: Duration },
+        // The limit in nanoseconds (saturating at 584 years), for the error: eight bytes
+        // less than a `Duration` in a future every outer layer moves.
+        Running { #[pin] inner: F, deadline: Deadline, kind: TimeoutKind, limit: u64 },
         Expired,
     }
 }
@@ -49,16 +52,15 @@ pin_project! {
 pub(crate) enum Listing {
     /// Not listed; the future keeps the layer's name and metric handles.
     Off(Arc<Shared>),
-    Global {
-        registry: &'static InFlight,
-        id: u16,
-        slot: Option<usize>,
-    },
+    /// Listed in [`InFlight::global`].
+    Global { id: u16, slot: Slot },
     Custom {
         registry: InFlight,
         id: u16,
-        slot: Option<usize>,
+        slot: Slot,
     },
+    /// Not listed; [`InFlight::global`] knows the operation by `id`.
+    Named { id: u16 },
 }
 
 impl Listing {
@@ -69,7 +71,9 @@ impl Listing {
                 shared.metrics.fired(kind);
                 return shared.operation.clone();
             }
-            Listing::Global { registry, id, .. } => registry.timed_out(*id, kind),
+            Listing::Global { id, .. } | Listing::Named { id } => {
+                InFlight::global().timed_out(*id, kind)
+            }
             Listing::Custom { registry, id, .. } => registry.timed_out(*id, kind),
         };
         found.unwrap_or_else(|| Arc::from("unknown"))
@@ -79,8 +83,8 @@ impl Listing {
 impl Drop for Listing {
     fn drop(&mut self) {
         match self {
-            Listing::Off(_) => {}
-            Listing::Global { registry, slot, .. } => registry.finish(*slot),
+            Listing::Off(_) | Listing::Named { .. } => {}
+            Listing::Global { slot, .. } => InFlight::global().finish(*slot),
             Listing::Custom { registry, slot, .. } => registry.finish(*slot),
         }
     }
@@ -99,7 +103,7 @@ impl<F> ResponseFuture<F> {
                 inner,
                 deadline,
                 kind,
-                limit,
+                limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
             },
             timer: Timer::Unarmed,
             call: listing,
@@ -147,7 +151,7 @@ where
                 if let Poll::Ready(result) = deadline.sync_scope(|| inner.poll(cx)) {
                     return Poll::Ready(result.map_err(Error::Inner));
                 }
-                (*deadline, *kind, *limit)
+                (*deadline, *kind, Duration::from_nanos(*limit))
             }
         };
         if let TimerProj::Unarmed = this.timer.as_mut().project() {

@@ -188,9 +188,9 @@ impl InFlight {
         Some(operation.name.clone())
     }
 
-    /// Records a call of operation `id` starting `now`; returns its slot, or `None` if it
-    /// went to the untracked count.
-    pub(crate) fn start(&self, id: u16, now: Instant) -> Option<usize> {
+    /// Records a call of operation `id` starting `now`; returns its slot, or
+    /// [`Slot::UNTRACKED`] if it went to the untracked count.
+    pub(crate) fn start(&self, id: u16, now: Instant) -> Slot {
         let registry = &*self.registry;
         let value = (u64::from(id) << TIME_BITS) | (micros_since(registry.base, now) & TIME_MASK);
         // The capacity is a power of two: masks, not divisions.
@@ -214,22 +214,32 @@ impl InFlight {
                 if index != stored {
                     HINT.set(index);
                 }
-                return Some(index);
+                // The capacity is at most 2^20 (`with_capacity`): the index fits.
+                return Slot(index as u32);
             }
         }
         registry.untracked.fetch_add(1, Ordering::Relaxed);
-        None
+        Slot::UNTRACKED
     }
 
     /// Records the end of a call started with [`start`](Self::start).
-    pub(crate) fn finish(&self, slot: Option<usize>) {
-        match slot {
-            Some(index) => self.registry.slots[index].store(0, Ordering::Release),
-            None => {
-                self.registry.untracked.fetch_sub(1, Ordering::Relaxed);
-            }
+    pub(crate) fn finish(&self, slot: Slot) {
+        if slot == Slot::UNTRACKED {
+            self.registry.untracked.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.registry.slots[slot.0 as usize].store(0, Ordering::Release);
         }
     }
+}
+
+/// The slot a call took, in four bytes (it sits in every timeout's response future, which
+/// every layer outside moves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot(u32);
+
+impl Slot {
+    /// Every slot was taken: the call is only counted.
+    pub(crate) const UNTRACKED: Slot = Slot(u32::MAX);
 }
 
 impl fmt::Debug for InFlight {
@@ -270,8 +280,8 @@ mod tests {
         tokio::time::advance(Duration::from_millis(30)).await;
         let second = registry.start(b, Instant::now());
         let third = registry.start(b, Instant::now());
-        assert!(first.is_some() && second.is_some());
-        assert_eq!(third, None);
+        assert!(first != Slot::UNTRACKED && second != Slot::UNTRACKED);
+        assert_eq!(third, Slot::UNTRACKED);
         assert_eq!(registry.len(), 3);
         assert_eq!(registry.untracked(), 1);
         tokio::time::advance(Duration::from_millis(20)).await;

@@ -34,6 +34,10 @@ pub(crate) enum ListIn {
     /// The global registry, under this operation id: futures need no reference count.
     Global(&'static InFlight, u16),
     Registry(InFlight, u16),
+    /// Known to the global registry under this id (for the operation's name and metrics
+    /// when a call times out) without listing calls: the stack's attempt timeout, whose
+    /// call its total timeout lists already.
+    NameOnly(u16),
 }
 
 impl ListIn {
@@ -103,6 +107,23 @@ impl<X> TimeoutLayer<X> {
     pub fn without_in_flight(self) -> Self {
         let mut shared = self.shared_parts();
         shared.in_flight = ListIn::Nowhere;
+        TimeoutLayer {
+            shared: Arc::new(shared),
+            extract: self.extract,
+        }
+    }
+
+    /// Lists no call, but keeps the operation's entry in the global registry for the name
+    /// and metrics of a timeout, so a call costs no compare-and-swap and no reference count.
+    /// For the stack's attempt timeout: its total timeout lists the whole call (attempts and
+    /// backoffs) once. Unchanged if the layer lists elsewhere or nowhere.
+    #[must_use]
+    pub(crate) fn unlisted(self) -> Self {
+        let ListIn::Global(_, id) = self.shared.in_flight else {
+            return self;
+        };
+        let mut shared = self.shared_parts();
+        shared.in_flight = ListIn::NameOnly(id);
         TimeoutLayer {
             shared: Arc::new(shared),
             extract: self.extract,

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::ResponseFuture;
@@ -58,7 +57,8 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.shared;
-        let now = Instant::now();
+        // The stack's shared read when inside it (see `crate::clock`), else the clock.
+        let now = crate::clock::now();
         let own = Deadline::after_from(now, shared.limit);
         let upstream = match (Deadline::current(), self.extract.deadline(&request)) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -76,10 +76,10 @@ where
         let listing = match &shared.in_flight {
             ListIn::Nowhere => Listing::Off(self.shared.clone()),
             ListIn::Global(registry, id) => Listing::Global {
-                registry,
                 id: *id,
                 slot: registry.start(*id, now),
             },
+            ListIn::NameOnly(id) => Listing::Named { id: *id },
             ListIn::Registry(registry, id) => Listing::Custom {
                 slot: registry.start(*id, now),
                 registry: registry.clone(),
