@@ -82,7 +82,7 @@ pub use layer::CorrelationLayer;
 pub use propagate::WithCorrelation;
 pub use propagate::{PropagateCorrelation, PropagateCorrelationLayer};
 pub use service::CorrelationService;
-pub use task::{Carried, carry, scope, spawn};
+pub use task::{Carried, Scoped, carry, scope, spawn};
 
 /// `x-request-id`, the default correlation header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
