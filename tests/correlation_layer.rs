@@ -339,3 +339,72 @@ fn headers_reads_exactly_the_listed_headers() {
     let layer = CorrelationLayer::new().headers([]);
     assert_eq!(layer.response_header(), X_REQUEST_ID);
 }
+
+/// Records the current ID when dropped.
+struct SeesIdOnDrop(std::sync::Arc<std::sync::Mutex<Option<Option<String>>>>);
+
+impl Drop for SeesIdOnDrop {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(CorrelationId::current().map(|id| id.to_string()));
+    }
+}
+
+#[test]
+fn scopes_nest_and_end_with_each_poll_and_drop() {
+    let mut cx = Context::from_waker(Waker::noop());
+    let outer = CorrelationId::parse(b"outer").unwrap();
+    let inner = CorrelationId::parse(b"inner").unwrap();
+    // A scope inside a scope: the inner ID while the inner future runs, then the outer again.
+    let (waited, seen) = {
+        let mut scoped = pin!(correlation::scope(outer, async move {
+            let during = correlation::scope(inner, async {
+                tokio::task::yield_now().await;
+                CorrelationId::current()
+            })
+            .await;
+            (during, CorrelationId::current())
+        }));
+        assert!(scoped.as_mut().poll(&mut cx).is_pending());
+        // Between polls, nothing is current on this thread.
+        assert!(CorrelationId::current().is_none());
+        match scoped.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => (true, out),
+            std::task::Poll::Pending => (false, (None, None)),
+        }
+    };
+    assert!(waited);
+    assert_eq!(seen.0.unwrap().as_str(), "inner");
+    assert_eq!(seen.1.unwrap().as_str(), "outer");
+    assert!(CorrelationId::current().is_none());
+
+    // A future dropped before it completes is dropped with its ID current.
+    let record = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let guard = SeesIdOnDrop(record.clone());
+    let mut cancelled = Box::pin(correlation::scope(
+        CorrelationId::parse(b"cancelled").unwrap(),
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        },
+    ));
+    assert!(cancelled.as_mut().poll(&mut cx).is_pending());
+    drop(cancelled);
+    assert_eq!(
+        record.lock().unwrap().clone(),
+        Some(Some("cancelled".to_owned()))
+    );
+    assert!(CorrelationId::current().is_none());
+
+    // A panic inside a poll does not leave the ID behind.
+    let panicked = std::panic::catch_unwind(|| {
+        let mut scoped = pin!(correlation::scope(
+            CorrelationId::parse(b"boom").unwrap(),
+            async { panic!("handler bug") },
+        ));
+        let _ = scoped
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+    });
+    assert!(panicked.is_err());
+    assert!(CorrelationId::current().is_none());
+}

@@ -5,10 +5,9 @@ use std::task::{Context, Poll, ready};
 use std::sync::LazyLock;
 
 use http::{HeaderName, HeaderValue, Response};
-use tokio::task::futures::TaskLocalFuture;
 use tracing::instrument::Instrumented;
 
-use super::CorrelationId;
+use super::Scoped;
 use crate::redact::SensitiveHeaders;
 
 /// The headers to flag on the response. The default list is shared process-wide, so a call
@@ -38,7 +37,7 @@ pin_project_lite::pin_project! {
     /// Dropping it drops the inner future, the span and the task-local scope; nothing leaks.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
+        inner: Scoped<Instrumented<F>>,
         // The header to echo the ID in; the ID itself is taken back from the task-local
         // scope once the inner future is done (no copy or reference count of its own).
         echo: Option<HeaderName>,
@@ -48,7 +47,7 @@ pin_project_lite::pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
-        inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
+        inner: Scoped<Instrumented<F>>,
         echo: HeaderName,
         sensitive: ResponseSensitive,
     ) -> Self {
@@ -70,7 +69,7 @@ where
         let mut this = self.project();
         let mut result = ready!(this.inner.as_mut().poll(cx));
         if let (Ok(response), Some(name), Some(id)) =
-            (&mut result, this.echo.take(), this.inner.take_value())
+            (&mut result, this.echo.take(), this.inner.take_id())
         {
             let headers = response.headers_mut();
             headers.insert(name, HeaderValue::from(id));

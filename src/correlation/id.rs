@@ -13,6 +13,11 @@ use http::HeaderValue;
 /// with no allocation and no reference count, and the ID can sit in the request's
 /// extensions, the task-local and the span for nothing more.
 #[derive(Clone)]
+// 16-byte aligned (its size stays 48), so every move of an ID (into the task-local and back,
+// into the extension, through `extract`) is done in whole 16-byte words: reading back an ID
+// that was just written in 8-byte pieces with a 16-byte load stalls the load until the
+// stores reach the cache (failed store-to-load forwarding), several times per request.
+#[repr(align(16))]
 pub struct CorrelationId(Repr);
 
 #[derive(Clone)]

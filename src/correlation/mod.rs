@@ -56,7 +56,10 @@
 //! clock read, a counter and a per-thread random generator. Its text is kept inline, so its
 //! copies (extension, task-local) cost no allocation and no reference count; the request
 //! header and the echo each get a 36-byte buffer of their own, freed without any atomic
-//! operation. See `docs/performance.md`.
+//! operation. The task-local is palisade's own rather than tokio's `task_local!`: a
+//! thread-local slot that the request's [`Scoped`] future swaps its ID into before each poll
+//! (and its drop) and out of afterwards, with no borrow flag and no lazy initialisation. See
+//! `docs/performance.md`.
 //!
 //! # Cancellation
 //!
@@ -82,7 +85,7 @@ pub use layer::CorrelationLayer;
 pub use propagate::WithCorrelation;
 pub use propagate::{PropagateCorrelation, PropagateCorrelationLayer};
 pub use service::CorrelationService;
-pub use task::{Carried, carry, scope, spawn};
+pub use task::{Carried, Scoped, carry, scope, spawn};
 
 /// `x-request-id`, the default correlation header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
