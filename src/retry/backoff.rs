@@ -95,9 +95,77 @@ pub struct Backoff {
     max: Duration,
     multiplier: f64,
     jitter: Jitter,
+    progress: Progress,
+}
+
+/// What changes from one retry of a call to the next; the rest of a [`Backoff`] is its
+/// policy's. The retry future keeps only this (its policy is in the layer's shared part), so
+/// the future every outer layer moves is 40 bytes smaller than with a whole `Backoff`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Progress {
     retries: u32,
     previous: Duration,
     rng: Rng,
+}
+
+impl Progress {
+    /// The progress of a call not retried yet.
+    pub(crate) fn new(policy: &RetryPolicy, rng: Rng) -> Self {
+        Progress {
+            retries: 0,
+            previous: policy.base_delay,
+            rng,
+        }
+    }
+
+    /// The delay before the next retry under `policy` (see [`Backoff::next_delay`]).
+    pub(crate) fn next_delay(
+        &mut self,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        self.next(
+            policy.base_delay,
+            policy.max_delay,
+            policy.multiplier,
+            policy.jitter,
+            retry_after,
+        )
+    }
+
+    fn next(
+        &mut self,
+        base: Duration,
+        max: Duration,
+        multiplier: f64,
+        jitter: Jitter,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        if let Some(asked) = retry_after {
+            let capped = asked.min(max);
+            return self.rng.between(capped, capped.saturating_add(capped / 2));
+        }
+        let exponential = {
+            let exponent = i32::try_from(self.retries - 1).unwrap_or(i32::MAX);
+            let secs = base.as_secs_f64() * multiplier.powi(exponent);
+            Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max))
+        };
+        match jitter {
+            Jitter::None => exponential,
+            Jitter::Full => self.rng.between(Duration::ZERO, exponential),
+            Jitter::Equal => {
+                let half = exponential / 2;
+                half + self.rng.between(Duration::ZERO, exponential - half)
+            }
+            Jitter::Decorrelated => {
+                let high = self.previous.saturating_mul(3).max(base);
+                let delay = self.rng.between(base, high).min(max);
+                self.previous = delay;
+                delay
+            }
+        }
+    }
 }
 
 impl Backoff {
@@ -108,40 +176,19 @@ impl Backoff {
             max: policy.max_delay,
             multiplier: policy.multiplier,
             jitter: policy.jitter,
-            retries: 0,
-            previous: policy.base_delay,
-            rng,
+            progress: Progress::new(policy, rng),
         }
     }
 
     /// The delay before the next retry; `retry_after` is the wait the failure asked for.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        self.retries = self.retries.saturating_add(1);
-        if let Some(asked) = retry_after {
-            let capped = asked.min(self.max);
-            return self.rng.between(capped, capped.saturating_add(capped / 2));
-        }
-        let exponential = self.exponential();
-        match self.jitter {
-            Jitter::None => exponential,
-            Jitter::Full => self.rng.between(Duration::ZERO, exponential),
-            Jitter::Equal => {
-                let half = exponential / 2;
-                half + self.rng.between(Duration::ZERO, exponential - half)
-            }
-            Jitter::Decorrelated => {
-                let high = self.previous.saturating_mul(3).max(self.base);
-                let delay = self.rng.between(self.base, high).min(self.max);
-                self.previous = delay;
-                delay
-            }
-        }
-    }
-
-    fn exponential(&self) -> Duration {
-        let exponent = i32::try_from(self.retries - 1).unwrap_or(i32::MAX);
-        let secs = self.base.as_secs_f64() * self.multiplier.powi(exponent);
-        Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.min(self.max))
+        self.progress.next(
+            self.base,
+            self.max,
+            self.multiplier,
+            self.jitter,
+            retry_after,
+        )
     }
 }
 

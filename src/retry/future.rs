@@ -9,7 +9,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::Replay;
-use super::backoff::Backoff;
+use super::backoff::Progress;
 use super::layer::Shared;
 use super::metrics::Ended;
 use super::service::Parts;
@@ -28,7 +28,8 @@ pin_project! {
         attempts: u32,
         // When the attempt was first seen pending; `None` while it has not been.
         attempt_started: Option<Instant>,
-        backoff: Backoff,
+        // The backoff's progress (its policy is `parts.shared.policy`).
+        backoff: Progress,
         #[pin]
         state: State<S, S::Future>,
     }
@@ -52,7 +53,7 @@ where
         parts: Arc<Parts<S, C, P>>,
         request: Option<Req>,
         attempt: S::Future,
-        backoff: Backoff,
+        backoff: Progress,
     ) -> Self {
         ResponseFuture {
             parts,
@@ -144,7 +145,9 @@ where
                         shared.metrics.ended(Ended::failure(attempts, stop));
                         return Poll::Ready(finish(shared, result, attempts, Some(stop)));
                     }
-                    let delay = this.backoff.next_delay(class.retry_after);
+                    let delay = this
+                        .backoff
+                        .next_delay(&this.parts.shared.policy, class.retry_after);
                     let now = crate::clock::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::backoff::{Backoff, Rng};
+use super::backoff::{Progress, Rng};
 use super::layer::Shared;
 use super::{CloneRequest, Replay, ResponseFuture};
 use crate::classify::Classify;
@@ -164,7 +164,7 @@ where
             .template
             .get_or_init(|| Mutex::new(self.inner.clone()));
         let attempt = self.inner.call(request);
-        let backoff = Backoff::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
+        let backoff = Progress::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
         ResponseFuture::new(self.parts.clone(), copy, attempt, backoff)
     }
 }

@@ -22,6 +22,7 @@ thread_local! {
 struct Restore(Option<Deadline>);
 
 impl Drop for Restore {
+    #[inline]
     fn drop(&mut self) {
         CURRENT.set(self.0);
     }
@@ -51,6 +52,7 @@ impl Deadline {
         Deadline::after_from(Instant::now(), timeout)
     }
 
+    #[inline]
     pub(crate) fn after_from(now: Instant, timeout: Duration) -> Self {
         Deadline {
             at: now.checked_add(timeout).unwrap_or_else(|| far_future(now)),
@@ -73,6 +75,7 @@ impl Deadline {
     }
 
     /// The deadline of the current task, if a timeout layer or [`Deadline::scope`] set one.
+    #[inline]
     pub fn current() -> Option<Deadline> {
         CURRENT.get()
     }

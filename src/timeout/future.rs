@@ -30,8 +30,9 @@ pin_project! {
     #[derive(Debug)]
     enum State<F> {
         // The limit in nanoseconds (saturating at 584 years), for the error: eight bytes
-        // less than a `Duration` in a future every outer layer moves.
-        Running { #[pin] inner: F, deadline: Deadline, kind: TimeoutKind, limit: u64 },
+        // less than a `Duration` in a future every outer layer moves. The deadline is the
+        // timer's (see `Timer`).
+        Running { #[pin] inner: F, kind: TimeoutKind, limit: u64 },
         Expired,
     }
 }
@@ -40,8 +41,13 @@ pin_project! {
     #[project = TimerProj]
     #[derive(Debug)]
     enum Timer {
-        Unarmed,
+        // The deadline waits here until the timer is armed, then is the sleep's own: it fits
+        // beside the sleep's niche, so the future is 16 bytes smaller than with a deadline
+        // field of its own (every outer layer moves it).
+        Unarmed { deadline: Deadline },
         Armed { #[pin] sleep: Sleep },
+        // Nothing to time (the deadline had expired before the call).
+        Off,
     }
 }
 
@@ -81,6 +87,7 @@ impl Listing {
 }
 
 impl Drop for Listing {
+    #[inline]
     fn drop(&mut self) {
         match self {
             Listing::Off(_) | Listing::Named { .. } => {}
@@ -101,11 +108,10 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Running {
                 inner,
-                deadline,
                 kind,
                 limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
             },
-            timer: Timer::Unarmed,
+            timer: Timer::Unarmed { deadline },
             call: listing,
         }
     }
@@ -113,7 +119,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn expired(shared: Arc<Shared>) -> Self {
         ResponseFuture {
             state: State::Expired,
-            timer: Timer::Unarmed,
+            timer: Timer::Off,
             call: Listing::Off(shared),
         }
     }
@@ -142,19 +148,19 @@ where
                     limit: Duration::ZERO,
                 })));
             }
-            StateProj::Running {
-                inner,
-                deadline,
-                kind,
-                limit,
-            } => {
+            StateProj::Running { inner, kind, limit } => {
+                let deadline = match this.timer.as_mut().project() {
+                    TimerProj::Unarmed { deadline } => *deadline,
+                    TimerProj::Armed { sleep } => Deadline::at(sleep.deadline()),
+                    TimerProj::Off => unreachable!("a running call has a deadline"),
+                };
                 if let Poll::Ready(result) = deadline.sync_scope(|| inner.poll(cx)) {
                     return Poll::Ready(result.map_err(Error::Inner));
                 }
-                (*deadline, *kind, Duration::from_nanos(*limit))
+                (deadline, *kind, Duration::from_nanos(*limit))
             }
         };
-        if let TimerProj::Unarmed = this.timer.as_mut().project() {
+        if let TimerProj::Unarmed { .. } = this.timer.as_mut().project() {
             this.timer.set(Timer::Armed {
                 sleep: tokio::time::sleep_until(deadline.instant()),
             });
