@@ -104,50 +104,51 @@ fn request(id: Option<&'static str>) -> Request<()> {
 #[derive(Clone)]
 struct Served;
 
+/// The correlation rows, one per request shape: the baseline's name (no layer), the
+/// layered row's name, and the request. The layer's own cost is the difference of the two.
+/// "As served": under axum's `Router::layer` and tonic's server the request already carries
+/// extensions (see `Served`), so the extension map exists before the layer adds the ID to it.
+/// The hostile rows have baselines of their own shape (an `x-request-id` the layer replaces).
+const CORRELATION_CASES: [(&str, &str, MakeRequest); 6] = [
+    ("baseline_with_id_header", "incoming_id", || {
+        request(Some(INCOMING_ID))
+    }),
+    (
+        "baseline_with_id_as_served",
+        "incoming_id_as_served",
+        || served(Some(INCOMING_ID)),
+    ),
+    ("baseline_without_id", "generated_id", || request(None)),
+    ("baseline_with_hostile_id", "hostile_id_replaced", || {
+        request(Some(HOSTILE_ID))
+    }),
+    (
+        "baseline_without_id_as_served",
+        "generated_id_as_served",
+        || served(None),
+    ),
+    (
+        "baseline_with_hostile_id_as_served",
+        "hostile_id_replaced_as_served",
+        || served(Some(HOSTILE_ID)),
+    ),
+];
+
+/// Builds one bench request.
+type MakeRequest = fn() -> Request<()>;
+
+/// A valid incoming ID, and one the layer must replace (it has spaces).
+const INCOMING_ID: &str = "pay-2026-000042";
+const HOSTILE_ID: &str = "a b c";
+
 fn correlation(c: &mut Criterion) {
     let mut g = c.benchmark_group("correlation");
     let mut plain = Answer(StatusCode::OK);
-    cpu(&mut g, "baseline_with_id_header", || {
-        now(plain.call(black_box(request(Some("pay-2026-000042")))))
-    });
     let mut layered = CorrelationLayer::new().layer(Answer(StatusCode::OK));
-    cpu(&mut g, "incoming_id", || {
-        now(layered.call(black_box(request(Some("pay-2026-000042")))))
-    });
-    // Under axum's `Router::layer` and tonic's server the request already carries extensions
-    // (see `Served`), so the extension map exists before the layer adds the ID to it.
-    cpu(&mut g, "baseline_with_id_as_served", || {
-        now(plain.call(black_box(served(Some("pay-2026-000042")))))
-    });
-    cpu(&mut g, "incoming_id_as_served", || {
-        now(layered.call(black_box(served(Some("pay-2026-000042")))))
-    });
-    cpu(&mut g, "baseline_without_id", || {
-        now(plain.call(black_box(request(None))))
-    });
-    cpu(&mut g, "generated_id", || {
-        now(layered.call(black_box(request(None))))
-    });
-    // The hostile rows' own baselines: the same request shape (an `x-request-id` header that
-    // the layer replaces), so the difference is the layer's work only.
-    cpu(&mut g, "baseline_with_hostile_id", || {
-        now(plain.call(black_box(request(Some("a b c")))))
-    });
-    cpu(&mut g, "hostile_id_replaced", || {
-        now(layered.call(black_box(request(Some("a b c")))))
-    });
-    cpu(&mut g, "baseline_without_id_as_served", || {
-        now(plain.call(black_box(served(None))))
-    });
-    cpu(&mut g, "generated_id_as_served", || {
-        now(layered.call(black_box(served(None))))
-    });
-    cpu(&mut g, "baseline_with_hostile_id_as_served", || {
-        now(plain.call(black_box(served(Some("a b c")))))
-    });
-    cpu(&mut g, "hostile_id_replaced_as_served", || {
-        now(layered.call(black_box(served(Some("a b c")))))
-    });
+    for (baseline, name, make) in CORRELATION_CASES {
+        cpu(&mut g, baseline, || now(plain.call(black_box(make()))));
+        cpu(&mut g, name, || now(layered.call(black_box(make()))));
+    }
     cpu(&mut g, "generate_uuid_v7", CorrelationId::generate);
 
     // Two threads at once, each with its own clone of one layer's service (as a server's
@@ -161,9 +162,8 @@ fn correlation(c: &mut Criterion) {
                     let mut service = shared.clone();
                     s.spawn(move || {
                         for _ in 0..iters.div_ceil(2) {
-                            let _ = black_box(now(
-                                service.call(black_box(served(Some("pay-2026-000042"))))
-                            ));
+                            let _ =
+                                black_box(now(service.call(black_box(served(Some(INCOMING_ID))))));
                         }
                     });
                 }
@@ -179,9 +179,8 @@ fn correlation(c: &mut Criterion) {
                     let mut service = Answer(StatusCode::OK);
                     s.spawn(move || {
                         for _ in 0..iters.div_ceil(2) {
-                            let _ = black_box(now(
-                                service.call(black_box(served(Some("pay-2026-000042"))))
-                            ));
+                            let _ =
+                                black_box(now(service.call(black_box(served(Some(INCOMING_ID))))));
                         }
                     });
                 }
@@ -194,7 +193,7 @@ fn correlation(c: &mut Criterion) {
     cpu(&mut g, "propagate_outside_a_request", || {
         now(propagate.call(black_box(request(None))))
     });
-    let id = CorrelationId::parse(b"pay-2026-000042").unwrap();
+    let id = CorrelationId::parse(INCOMING_ID.as_bytes()).unwrap();
     cpu(&mut g, "propagate_inside_a_request", || {
         now(palisade::correlation::scope(id.clone(), async {
             propagate.call(black_box(request(None))).await
@@ -261,7 +260,7 @@ criterion_group!(benches, correlation, error_metrics);
 /// task-local scope, a first extension.
 fn building_blocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("building_blocks");
-    let id = CorrelationId::parse(b"pay-2026-000042").unwrap();
+    let id = CorrelationId::parse(INCOMING_ID.as_bytes()).unwrap();
     cpu(&mut g, "request_with_first_extension", || {
         let mut r = request(None);
         r.extensions_mut().insert(id.clone());
@@ -296,35 +295,20 @@ fn repeat<T>(calls: u64, mut f: impl FnMut() -> T) {
 
 /// Makes `calls` calls through the case `name`, for instruction counts.
 fn count_instructions(name: &str, calls: u64) {
-    let id = Some("pay-2026-000042");
     let mut plain = Answer(StatusCode::OK);
     let mut correlated = CorrelationLayer::new().layer(Answer(StatusCode::OK));
     let metrics = ErrorMetricsLayer::new(HttpStatus::default()).operation("payment_gateway");
     let mut ok = metrics.layer(Answer(StatusCode::OK));
     let mut failing = metrics.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
+    for (baseline, layered, make) in CORRELATION_CASES {
+        if name == baseline {
+            return repeat(calls, || now(plain.call(black_box(make()))));
+        }
+        if name == layered {
+            return repeat(calls, || now(correlated.call(black_box(make()))));
+        }
+    }
     match name {
-        "baseline_with_id_as_served" => repeat(calls, || now(plain.call(black_box(served(id))))),
-        "incoming_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(id))))),
-        "baseline_with_id_header" => repeat(calls, || now(plain.call(black_box(request(id))))),
-        "incoming_id" => repeat(calls, || now(correlated.call(black_box(request(id))))),
-        "baseline_without_id" => repeat(calls, || now(plain.call(black_box(request(None))))),
-        "generated_id" => repeat(calls, || now(correlated.call(black_box(request(None))))),
-        "hostile_id_replaced" => repeat(calls, || {
-            now(correlated.call(black_box(request(Some("a b c")))))
-        }),
-        "baseline_without_id_as_served" => {
-            repeat(calls, || now(plain.call(black_box(served(None)))))
-        }
-        "generated_id_as_served" => repeat(calls, || now(correlated.call(black_box(served(None))))),
-        "baseline_with_hostile_id" => {
-            repeat(calls, || now(plain.call(black_box(request(Some("a b c"))))))
-        }
-        "baseline_with_hostile_id_as_served" => {
-            repeat(calls, || now(plain.call(black_box(served(Some("a b c"))))))
-        }
-        "hostile_id_replaced_as_served" => repeat(calls, || {
-            now(correlated.call(black_box(served(Some("a b c")))))
-        }),
         "generate_uuid_v7" => repeat(calls, CorrelationId::generate),
         "metrics_success" => repeat(calls, || now(ok.call(black_box(request(None))))),
         "metrics_failure" => repeat(calls, || now(failing.call(black_box(request(None))))),
