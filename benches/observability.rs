@@ -46,6 +46,36 @@ fn cpu<M: criterion::measurement::Measurement<Value = std::time::Duration>, O>(
 }
 
 /// Polls a future that is ready at once, without a runtime.
+/// Like [`cpu`], with two threads at once, each calling its own clone of `service` (as a
+/// server's workers do): the CPU time of both per call, so whatever every call shares (a
+/// contended reference count, a cache line) shows up.
+fn cpu_two_threads<M, S>(
+    g: &mut criterion::BenchmarkGroup<'_, M>,
+    name: &str,
+    service: S,
+    make: MakeRequest,
+) where
+    M: criterion::measurement::Measurement<Value = std::time::Duration>,
+    S: Service<Request<()>> + Clone + Send,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = CpuTimer::start();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    let mut service = service.clone();
+                    s.spawn(move || {
+                        for _ in 0..iters.div_ceil(2) {
+                            let _ = black_box(now(service.call(black_box(make()))));
+                        }
+                    });
+                }
+            });
+            start.elapsed(2)
+        })
+    });
+}
+
 fn now<F: Future>(f: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(f).poll(&mut cx) {
@@ -154,40 +184,15 @@ fn correlation(c: &mut Criterion) {
     // Two threads at once, each with its own clone of one layer's service (as a server's
     // workers have): CPU time of both per call. Whatever every call shares shows up here.
     let shared = CorrelationLayer::new().layer(Answer(StatusCode::OK));
-    g.bench_function("incoming_id_as_served_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = CpuTimer::start();
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    let mut service = shared.clone();
-                    s.spawn(move || {
-                        for _ in 0..iters.div_ceil(2) {
-                            let _ =
-                                black_box(now(service.call(black_box(served(Some(INCOMING_ID))))));
-                        }
-                    });
-                }
-            });
-            start.elapsed(2)
-        })
+    cpu_two_threads(&mut g, "incoming_id_as_served_2_threads", shared, || {
+        served(Some(INCOMING_ID))
     });
-    g.bench_function("baseline_with_id_as_served_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = CpuTimer::start();
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    let mut service = Answer(StatusCode::OK);
-                    s.spawn(move || {
-                        for _ in 0..iters.div_ceil(2) {
-                            let _ =
-                                black_box(now(service.call(black_box(served(Some(INCOMING_ID))))));
-                        }
-                    });
-                }
-            });
-            start.elapsed(2)
-        })
-    });
+    cpu_two_threads(
+        &mut g,
+        "baseline_with_id_as_served_2_threads",
+        Answer(StatusCode::OK),
+        || served(Some(INCOMING_ID)),
+    );
 
     let mut propagate = PropagateCorrelationLayer::new().layer(Answer(StatusCode::OK));
     cpu(&mut g, "propagate_outside_a_request", || {
@@ -215,37 +220,11 @@ fn error_metrics(c: &mut Criterion) {
     });
     // Two threads at once on clones of one service, as in the correlation group.
     let shared = layer.layer(Answer(StatusCode::OK));
-    g.bench_function("success_noop_recorder_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = CpuTimer::start();
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    let mut service = shared.clone();
-                    s.spawn(move || {
-                        for _ in 0..iters.div_ceil(2) {
-                            let _ = black_box(now(service.call(black_box(request(None)))));
-                        }
-                    });
-                }
-            });
-            start.elapsed(2)
-        })
+    cpu_two_threads(&mut g, "success_noop_recorder_2_threads", shared, || {
+        request(None)
     });
-    g.bench_function("baseline_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = CpuTimer::start();
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    let mut service = Answer(StatusCode::OK);
-                    s.spawn(move || {
-                        for _ in 0..iters.div_ceil(2) {
-                            let _ = black_box(now(service.call(black_box(request(None)))));
-                        }
-                    });
-                }
-            });
-            start.elapsed(2)
-        })
+    cpu_two_threads(&mut g, "baseline_2_threads", Answer(StatusCode::OK), || {
+        request(None)
     });
     let mut failing = layer.layer(Answer(StatusCode::SERVICE_UNAVAILABLE));
     cpu(&mut g, "failure_noop_recorder", || {
