@@ -40,6 +40,23 @@ fn backend() -> impl Service<
     })
 }
 
+/// Two calls to the gateway's `/fail`, enough to trip its breaker in `TABLE` (and in the
+/// reload tests' tables): each fails with the backend's own error on its last attempt.
+async fn trip_gateway<S>(svc: &S)
+where
+    S: Service<http::Request<()>, Error = Error<std::io::Error>> + Clone,
+    S::Response: std::fmt::Debug,
+{
+    for _ in 0..2 {
+        let e = svc
+            .clone()
+            .oneshot(request("payment_gateway", "/fail"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.last_attempt(), Error::Inner(_)), "{e:?}");
+    }
+}
+
 const TABLE: &str = r#"
 defaults:
   retry: { max_retries: 0 }
@@ -63,14 +80,7 @@ async fn one_operation_failing_never_blocks_another() {
     let handle = layer.handle();
     let svc = layer.layer(backend());
 
-    for _ in 0..2 {
-        let e = svc
-            .clone()
-            .oneshot(request("payment_gateway", "/fail"))
-            .await
-            .unwrap_err();
-        assert!(matches!(e.last_attempt(), Error::Inner(_)), "{e:?}");
-    }
+    trip_gateway(&svc).await;
     assert_eq!(
         handle.breaker("payment_gateway").unwrap().state(),
         CircuitState::Open
@@ -282,12 +292,7 @@ async fn breaker_state_survives_a_change_of_other_thresholds_and_removed_operati
     let layer = ResilienceLayer::new(store.clone(), SelfClassified).without_correlation();
     let handle = layer.handle();
     let svc = layer.layer(backend());
-    for _ in 0..2 {
-        svc.clone()
-            .oneshot(request("payment_gateway", "/fail"))
-            .await
-            .unwrap_err();
-    }
+    trip_gateway(&svc).await;
     // Spend the gateway's retry budget.
     let budget = handle.budget("payment_gateway").unwrap();
     while budget.try_withdraw() {}
@@ -460,12 +465,7 @@ policies:
     let handle = layer.handle();
     let svc = layer.layer(backend());
 
-    for _ in 0..2 {
-        svc.clone()
-            .oneshot(request("payment_gateway", "/fail"))
-            .await
-            .unwrap_err();
-    }
+    trip_gateway(&svc).await;
     let breaker = handle.breaker("payment_gateway").unwrap();
     assert_eq!(breaker.state(), CircuitState::Open);
     let trips = breaker.metrics().trips;
