@@ -719,3 +719,56 @@ async fn a_value_selecting_by_name_follows_reloads() {
         Err(Error::OperationDisabled(_))
     ));
 }
+
+/// The stack's future gives its bulkhead permit back on every path: a call that ends, a call
+/// dropped while in flight, and a call whose service was not ready when it was made (the
+/// permit taken for it at once goes back, and the bulkhead's own one is held while it waits).
+#[tokio::test(start_paused = true)]
+async fn the_permit_comes_back_from_dropped_calls_and_calls_that_waited_for_the_service() {
+    const PERMITS: &str = r#"
+defaults:
+  retry: { max_retries: 0 }
+policies:
+  ledger_read:
+    timeout: { total: 5s, attempt: 5s }
+    bulkhead: { max_concurrent: 2, max_queue: 0 }
+"#;
+    // The service itself takes one call at a time: a second call finds it not ready.
+    let inner = tower::limit::ConcurrencyLimitLayer::new(1).layer(backend());
+    let svc =
+        ResilienceLayer::from_policies(Policies::from_yaml_str(PERMITS).unwrap(), SelfClassified)
+            .without_correlation()
+            .layer(inner);
+    let bulkhead = svc.handle().bulkhead("ledger_read").unwrap();
+    assert_eq!(bulkhead.available_permits(), 2);
+
+    // A call in flight holds one permit; dropped, it gives it back.
+    let mut dropped = Box::pin(svc.clone().call(request("ledger_read", "/slow/1000")));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(dropped.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(bulkhead.in_flight(), 1);
+    drop(dropped);
+    assert_eq!(bulkhead.in_flight(), 0);
+    assert_eq!(bulkhead.available_permits(), 2);
+
+    // One call holds the service; the next finds it not ready and waits, holding the second
+    // permit, so a third is rejected (no queue).
+    let first = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/slow/1000")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let waiting = tokio::spawn(svc.clone().oneshot(request("ledger_read", "/ok")));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_eq!(bulkhead.in_flight(), 2);
+    let third = svc.clone().oneshot(request("ledger_read", "/ok")).await;
+    assert!(matches!(third, Err(Error::BulkheadFull(_))), "{third:?}");
+    assert_eq!(first.await.unwrap().unwrap(), "ok");
+    assert_eq!(waiting.await.unwrap().unwrap(), "ok");
+
+    // Every permit is back: two calls at once are both let in.
+    assert_eq!(bulkhead.in_flight(), 0);
+    assert_eq!(bulkhead.available_permits(), 2);
+    let (a, b) = tokio::join!(
+        svc.clone().oneshot(request("ledger_read", "/slow/10")),
+        svc.clone().oneshot(request("ledger_read", "/slow/10")),
+    );
+    assert_eq!((a.unwrap(), b.unwrap()), ("ok", "ok"));
+}

@@ -306,3 +306,43 @@ async fn a_header_the_file_does_not_list_is_not_read() {
         .unwrap();
     assert_eq!(r.headers()["x-correlation-id"], "listed-1");
 }
+
+/// A call dropped before it ends is counted once, as `outcome="cancelled"`, under the
+/// operation the stack selected (and not again as anything else); a call that ends is
+/// counted by its outcome.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_in_flight_is_counted_as_cancelled() {
+    use std::time::Duration;
+    use tower::{Layer, Service, ServiceExt};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let policies = Policies::from_yaml_str("policies:\n  transfers: {}\n").unwrap();
+    let svc = ResilienceLayer::from_policies(policies, palisade::classify::SelfClassified)
+        .without_correlation()
+        .with_select(palisade::stack::ByName::new("transfers"))
+        .layer(tower::service_fn(|ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, std::io::Error>(ms)
+        }));
+
+    let mut dropped = Box::pin(svc.clone().call(1000));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(dropped.as_mut().poll(&mut cx).is_pending());
+    drop(dropped);
+    assert_eq!(svc.clone().oneshot(0).await.unwrap(), 0);
+
+    let counters = counters(&snapshotter);
+    let requests = |outcome| {
+        counters
+            .get(&(
+                "palisade_requests_total".to_owned(),
+                labels(&[("operation", "transfers"), ("outcome", outcome)]),
+            ))
+            .copied()
+    };
+    assert_eq!(requests("cancelled"), Some(1));
+    assert_eq!(requests("success"), Some(1));
+    assert_eq!(requests("failure"), None);
+}

@@ -70,4 +70,5 @@ mod service;
 pub use future::ResponseFuture;
 pub use layer::BulkheadLayer;
 pub use partition::BulkheadRegistry;
+pub(crate) use partition::{Partition, Permit};
 pub use service::Bulkhead;

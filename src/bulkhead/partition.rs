@@ -123,11 +123,28 @@ impl Partition {
     /// allocation (the semaphore is looked at only when `free` is empty).
     #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.try_take().then(|| Permit(self.clone()))
+    }
+
+    /// Takes a free permit without wrapping it: whoever takes it must hand it to
+    /// [`give_back`](Self::give_back) exactly once, on every path (the stack's future does,
+    /// holding the partition through its operation's parts, so a call takes no reference
+    /// count of its own for its permit).
+    #[inline]
+    pub(crate) fn try_take(&self) -> bool {
         if self.take_free(1) == 1 || self.take_from_semaphore() {
-            Some(Permit::new(self.clone()))
+            self.metrics.acquired();
+            true
         } else {
-            None
+            false
         }
+    }
+
+    /// Gives back a permit taken with [`try_take`](Self::try_take).
+    #[inline]
+    pub(crate) fn give_back(&self) {
+        self.metrics.released();
+        self.release();
     }
 
     /// Takes up to `n` permits from `free`; returns how many it took.
@@ -325,8 +342,7 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.0.metrics.released();
-        self.0.release();
+        self.0.give_back();
     }
 }
 

@@ -83,6 +83,27 @@ impl<S> Bulkhead<S> {
         self.inner
     }
 
+    /// The partition this bulkhead's calls take their permits from.
+    pub(crate) fn partition(&self) -> &Arc<Partition> {
+        &self.partition
+    }
+
+    /// What `call` does with the outcome of a successful `poll_ready`, for a caller that
+    /// calls the inner service itself: the reserved permit, or the rejection decided.
+    ///
+    /// # Panics
+    ///
+    /// Without a successful `poll_ready` first, like `call`.
+    pub(crate) fn take_ready(&mut self) -> Result<Permit, BulkheadFull> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Reserved(permit) => Ok(permit),
+            State::Rejected(reason) => Err(self.rejection(reason)),
+            State::Idle | State::Waiting(_) => {
+                panic!("Bulkhead::call without a successful poll_ready")
+            }
+        }
+    }
+
     fn rejection(&self, reason: BulkheadRejection) -> BulkheadFull {
         self.partition.metrics.rejected(&reason);
         tracing::warn!(
@@ -150,12 +171,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match std::mem::replace(&mut self.state, State::Idle) {
-            State::Reserved(permit) => ResponseFuture::called(self.inner.call(request), permit),
-            State::Rejected(reason) => ResponseFuture::rejected(self.rejection(reason)),
-            State::Idle | State::Waiting(_) => {
-                panic!("Bulkhead::call without a successful poll_ready")
-            }
+        match self.take_ready() {
+            Ok(permit) => ResponseFuture::called(self.inner.call(request), permit),
+            Err(full) => ResponseFuture::rejected(full),
         }
     }
 }

@@ -22,41 +22,27 @@ pin_project_lite::pin_project! {
     impl<F, C> PinnedDrop for ResponseFuture<F, C> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                match &pending.source {
-                    Source::Layer { operation, .. } => {
-                        let key = &operation.keys().cancelled;
-                        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
-                    }
-                    Source::Bound(bound) => bound.count(None),
-                }
+                let key = &pending.operation.keys().cancelled;
+                metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
             }
         }
     }
 }
 
+/// The operation picked for this request, its series looked up in the recorder when the
+/// call ends.
 struct Pending<C> {
-    source: Source<C>,
+    shared: Arc<Shared<C>>,
+    operation: Operation,
     start: Instant,
-}
-
-/// What a call records with.
-enum Source<C> {
-    /// [`ErrorMetrics`](super::ErrorMetrics): the operation picked for this request, its
-    /// series looked up in the recorder when the call ends.
-    Layer {
-        shared: Arc<Shared<C>>,
-        operation: Operation,
-    },
-    /// One operation's handles, registered once (the stack's: one per operation and policy
-    /// table version).
-    Bound(Arc<Bound<C>>),
 }
 
 /// The error metrics of one operation, with the handle of each of its `requests_total` and
 /// duration series registered with the recorder once, when first used (so install the
 /// recorder before the first call, as exporters are; a series is still created only when
-/// something is recorded in it). A call then holds one reference count and looks nothing up
-/// (a failure's `errors_total` series, whose `code` varies, is still looked up).
+/// something is recorded in it). A call then looks nothing up (a failure's `errors_total`
+/// series, whose `code` varies, is still looked up); the stack's future reaches these through
+/// its operation's parts.
 pub(crate) struct Bound<C> {
     shared: Arc<Shared<C>>,
     operation: Operation,
@@ -101,40 +87,14 @@ impl<C> Bound<C> {
     }
 }
 
-impl<C> Source<C> {
-    fn shared(&self) -> &Shared<C> {
-        match self {
-            Source::Layer { shared, .. } => shared,
-            Source::Bound(bound) => &bound.shared,
-        }
-    }
-
-    fn operation(&self) -> &Operation {
-        match self {
-            Source::Layer { operation, .. } => operation,
-            Source::Bound(bound) => &bound.operation,
-        }
-    }
-}
-
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(inner: F, shared: Arc<Shared<C>>, operation: Operation) -> Self {
         ResponseFuture {
             inner,
             pending: Some(Pending {
-                source: Source::Layer { shared, operation },
+                shared,
+                operation,
                 start: Instant::now(),
-            }),
-        }
-    }
-
-    /// Records with one operation's registered handles, for a call that started at `start`.
-    pub(crate) fn bound(inner: F, bound: Arc<Bound<C>>, start: Instant) -> Self {
-        ResponseFuture {
-            inner,
-            pending: Some(Pending {
-                source: Source::Bound(bound),
-                start,
             }),
         }
     }
@@ -151,7 +111,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(pending) = this.pending.take() {
-            let outcome = pending.source.shared().classifier.outcome(result.as_ref());
+            let outcome = pending.shared.classifier.outcome(result.as_ref());
             pending.record(&outcome);
         }
         Poll::Ready(result)
@@ -164,46 +124,68 @@ static METADATA: Metadata<'static> =
 
 impl<C> Pending<C> {
     fn record(self, outcome: &Outcome) {
-        // The stack's shared read when inside it (see `crate::clock`), else the clock.
-        let elapsed = crate::clock::now()
-            .saturating_duration_since(self.start)
-            .as_secs_f64();
-        match &self.source {
-            Source::Layer { operation, .. } => {
-                let keys = operation.keys();
-                let requests = match outcome {
-                    Outcome::Success => &keys.success,
-                    Outcome::Failure(_) => &keys.failure,
-                    Outcome::Ignored => &keys.ignored,
-                };
-                metrics::with_recorder(|r| {
-                    r.register_histogram(&keys.duration, &METADATA)
-                        .record(elapsed);
-                    r.register_counter(requests, &METADATA).increment(1);
-                });
-            }
-            Source::Bound(bound) => {
-                bound.record_duration(elapsed);
-                bound.count(Some(outcome));
-            }
-        }
-        if let Outcome::Failure(class) = outcome {
-            let keys = self.source.operation().keys();
-            let code = if self.source.shared().codes.admit(&class.code) {
-                SharedString::from(class.code.as_str().to_owned())
-            } else {
-                SharedString::const_str(names::OTHER)
-            };
-            metrics::counter!(
-                names::ERRORS_TOTAL,
-                "operation" => keys.name.clone(),
-                "category" => class.category.as_str(),
-                "severity" => class.severity.as_str(),
-                "transience" => class.transience.as_str(),
-                "code" => code,
-            )
-            .increment(1);
-        }
+        let elapsed = seconds_since(self.start);
+        let keys = self.operation.keys();
+        let requests = match outcome {
+            Outcome::Success => &keys.success,
+            Outcome::Failure(_) => &keys.failure,
+            Outcome::Ignored => &keys.ignored,
+        };
+        metrics::with_recorder(|r| {
+            r.register_histogram(&keys.duration, &METADATA)
+                .record(elapsed);
+            r.register_counter(requests, &METADATA).increment(1);
+        });
+        count_error(&self.shared, &self.operation, outcome);
+    }
+}
+
+impl<C> Bound<C> {
+    /// Records a call that started at `start` and ended now with `outcome`.
+    pub(crate) fn record(&self, start: Instant, outcome: &Outcome) {
+        self.record_duration(seconds_since(start));
+        self.count(Some(outcome));
+        count_error(&self.shared, &self.operation, outcome);
+    }
+
+    /// Records a call dropped before it ended.
+    pub(crate) fn cancelled(&self) {
+        self.count(None);
+    }
+
+    /// The classifier the outcomes are judged by.
+    pub(crate) fn classifier(&self) -> &C {
+        &self.shared.classifier
+    }
+}
+
+/// Seconds from `start` to now: the stack's shared read when inside it (see
+/// `crate::clock`), else the clock.
+#[inline]
+fn seconds_since(start: Instant) -> f64 {
+    crate::clock::now()
+        .saturating_duration_since(start)
+        .as_secs_f64()
+}
+
+/// Counts a failure in `palisade_errors_total`, its code bounded by the layer's codes limit.
+fn count_error<C>(shared: &Shared<C>, operation: &Operation, outcome: &Outcome) {
+    if let Outcome::Failure(class) = outcome {
+        let keys = operation.keys();
+        let code = if shared.codes.admit(&class.code) {
+            SharedString::from(class.code.as_str().to_owned())
+        } else {
+            SharedString::const_str(names::OTHER)
+        };
+        metrics::counter!(
+            names::ERRORS_TOTAL,
+            "operation" => keys.name.clone(),
+            "category" => class.category.as_str(),
+            "severity" => class.severity.as_str(),
+            "transience" => class.transience.as_str(),
+            "code" => code,
+        )
+        .increment(1);
     }
 }
 
@@ -212,7 +194,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
         f.debug_struct("ResponseFuture")
             .field(
                 "operation",
-                &self.pending.as_ref().map(|p| p.source.operation().name()),
+                &self.pending.as_ref().map(|p| p.operation.name()),
             )
             .finish_non_exhaustive()
     }

@@ -24,6 +24,19 @@ pin_project! {
         S: Service<Req>,
     {
         parts: Arc<Parts<S, C, P>>,
+        #[pin]
+        run: Run<S, Req>,
+    }
+}
+
+pin_project! {
+    /// A retried call in progress, without the layer's parts: whoever polls it hands them in.
+    /// [`ResponseFuture`] holds them with a reference count; the stack's future holds one for
+    /// all its layers.
+    pub(crate) struct Run<S, Req>
+    where
+        S: Service<Req>,
+    {
         request: Option<Req>,
         attempts: u32,
         // When the attempt was first seen pending; `None` while it has not been.
@@ -49,19 +62,36 @@ impl<S, Req, C, P> ResponseFuture<S, Req, C, P>
 where
     S: Service<Req>,
 {
-    pub(crate) fn new(
-        parts: Arc<Parts<S, C, P>>,
-        request: Option<Req>,
-        attempt: S::Future,
-        backoff: Progress,
-    ) -> Self {
-        ResponseFuture {
-            parts,
+    #[inline(always)]
+    pub(crate) fn new(parts: Arc<Parts<S, C, P>>, run: Run<S, Req>) -> Self {
+        ResponseFuture { parts, run }
+    }
+}
+
+impl<S, Req> Run<S, Req>
+where
+    S: Service<Req>,
+{
+    #[inline(always)]
+    pub(crate) fn new(request: Option<Req>, attempt: S::Future, backoff: Progress) -> Self {
+        Run {
             request,
             attempts: 1,
             attempt_started: None,
             backoff,
             state: State::Attempt { future: attempt },
+        }
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Attempt { .. } => "attempt",
+            State::Backoff { .. } => "backoff",
+            State::Readying { .. } => "readying",
         }
     }
 }
@@ -71,15 +101,10 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.state {
-            State::Attempt { .. } => "attempt",
-            State::Backoff { .. } => "backoff",
-            State::Readying { .. } => "readying",
-        };
         f.debug_struct("ResponseFuture")
             .field("operation", &self.parts.shared.operation)
-            .field("attempts", &self.attempts)
-            .field("state", &state)
+            .field("attempts", &self.run.attempts())
+            .field("state", &self.run.state_name())
             .finish()
     }
 }
@@ -93,6 +118,26 @@ where
     type Output = Result<S::Response, Error<S::Error>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.run.poll_with(this.parts, cx)
+    }
+}
+
+impl<S, Req> Run<S, Req>
+where
+    S: Service<Req> + Clone,
+{
+    /// Polls the call, with the layer's parts.
+    #[inline]
+    pub(crate) fn poll_with<C, P>(
+        self: Pin<&mut Self>,
+        parts: &Parts<S, C, P>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, Error<S::Error>>>
+    where
+        C: Classify<S::Response, S::Error>,
+        P: Replay<Req, S::Response>,
+    {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -106,7 +151,7 @@ where
                         }
                         return Poll::Pending;
                     };
-                    let shared = &*this.parts.shared;
+                    let shared = &*parts.shared;
                     let attempts = *this.attempts;
                     let outcome = shared.classifier.outcome(result.as_ref());
                     let class = match &outcome {
@@ -147,7 +192,7 @@ where
                     }
                     let delay = this
                         .backoff
-                        .next_delay(&this.parts.shared.policy, class.retry_after);
+                        .next_delay(&parts.shared.policy, class.retry_after);
                     let now = crate::clock::now();
                     // Another attempt must fit before the deadline: the backoff plus as long
                     // as the attempt that just failed took.
@@ -180,7 +225,7 @@ where
                         "palisade: retrying after a transient failure"
                     );
                     if delay.is_zero() {
-                        let service = this.parts.service();
+                        let service = parts.service();
                         this.state.set(State::Readying { service });
                     } else {
                         this.state.set(State::Backoff {
@@ -190,11 +235,11 @@ where
                 }
                 StateProj::Backoff { sleep } => {
                     ready!(sleep.poll(cx));
-                    let service = this.parts.service();
+                    let service = parts.service();
                     this.state.set(State::Readying { service });
                 }
                 StateProj::Readying { service } => {
-                    let shared = &*this.parts.shared;
+                    let shared = &*parts.shared;
                     if let Err(e) = ready!(service.poll_ready(cx)) {
                         shared.metrics.ended(Ended::FailedAfterRetries);
                         return Poll::Ready(Err(retried(

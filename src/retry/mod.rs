@@ -96,12 +96,14 @@ mod service;
 pub use backoff::{Backoff, Rng};
 pub use budget::RetryBudget;
 pub use future::ResponseFuture;
+pub(crate) use future::Run;
 #[cfg(feature = "http")]
 pub use http::{
     BufferBody, BufferBodyFuture, HttpReplay, HttpRetryLayer, IDEMPOTENCY_KEY, ReplayBody,
 };
 pub use layer::RetryLayer;
 pub use replay::{CloneRequest, Replay};
+pub(crate) use service::Parts;
 pub use service::Retry;
 
 /// How many attempts a retried call made, recorded on the final response where the response

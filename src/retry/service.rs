@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::backoff::{Progress, Rng};
+use super::future::Run;
 use super::layer::Shared;
 use super::{CloneRequest, Replay, ResponseFuture};
 use crate::classify::Classify;
@@ -151,6 +152,25 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let run = self.start(request);
+        ResponseFuture::new(self.parts.clone(), run)
+    }
+}
+
+impl<S, C, P> Retry<S, C, P> {
+    /// The parts this service's calls are polled with (shared by its clones).
+    pub(crate) fn parts(&self) -> &Arc<Parts<S, C, P>> {
+        &self.parts
+    }
+
+    /// Makes the first attempt of a call on the readied service: what `call` does, without
+    /// the reference count of the parts (the stack's future holds one for all its layers).
+    #[inline(always)]
+    pub(crate) fn start<Req>(&mut self, request: Req) -> Run<S, Req>
+    where
+        S: Service<Req> + Clone,
+        P: Replay<Req, S::Response>,
+    {
         let shared = &*self.parts.shared;
         shared.budget.deposit();
         let copy = if shared.policy.max_retries > 0 {
@@ -165,6 +185,6 @@ where
             .get_or_init(|| Mutex::new(self.inner.clone()));
         let attempt = self.inner.call(request);
         let backoff = Progress::new(&shared.policy, Rng::seeded(self.rng.next_u64()));
-        ResponseFuture::new(self.parts.clone(), copy, attempt, backoff)
+        Run::new(copy, attempt, backoff)
     }
 }

@@ -6,9 +6,16 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use tokio::time::Instant;
+
+use super::breakers::Breakers;
 use super::fallback::{Failure, Fallback};
+use super::table::{Attempts, OperationService, Parts, RetryOf};
+use crate::bulkhead::{Partition, Permit};
 use crate::classify::{Classification, Classify, Outcome};
 use crate::error::Error;
+use crate::retry::{Replay, Run};
+use crate::timeout::{Deadline, Listing, Watch};
 
 /// The nested error of an operation's layers, folded into one [`Error`]. A call that failed
 /// on its only attempt comes out as the error it met ([`Error::CircuitOpen`],
@@ -30,83 +37,125 @@ impl<E> IntoStackError<E> for Error<Error<Error<Error<Error<E>>>>> {
     }
 }
 
+/// Where a call's permit is: given back exactly once, when the call ends or its future is
+/// dropped.
+pub(crate) enum Held {
+    /// Taken straight from the partition ([`Partition::try_take`]); given back through the
+    /// operation's parts.
+    Raw,
+    /// Taken by the bulkhead service (after a wait): given back when dropped.
+    Owned(#[expect(dead_code, reason = "held for its Drop, which gives the permit back")] Permit),
+    /// Given back.
+    Released,
+}
+
+impl Held {
+    fn release(&mut self, partition: &Partition) {
+        if let Held::Raw = std::mem::replace(self, Held::Released) {
+            partition.give_back();
+        }
+    }
+}
+
 pin_project! {
-    /// The response future of [`Resilience`](super::Resilience): waits for the operation's
-    /// layers to be ready (the bulkhead's permit), calls them, and hands a failure to the
-    /// fallback.
+    /// The response future of [`Resilience`](super::Resilience): one future for the
+    /// operation's bulkhead permit, total timeout and retries (each attempt through the
+    /// circuit breaker and the attempt timeout), the fallback and the stack's error metrics.
     ///
-    /// Dropping it at any point drops what it holds: the permit, the call in flight, the
-    /// fallback's future.
-    pub struct ResponseFuture<Svc, Req, C, F, E>
+    /// It does what those layers' futures would do nested in one another, with their own
+    /// code, but holds one reference count for all of them, not one each, and is moved as
+    /// one future instead of six (see `docs/performance.md`).
+    ///
+    /// Dropping it at any point drops what it holds: the call in flight, then the permit,
+    /// the fallback's future; a call dropped before it ended is counted as cancelled.
+    pub struct ResponseFuture<S, Req, C, P, F, B>
     where
-        Svc: Service<Req>,
-        F: Fallback<Svc::Response, E>,
+        S: Service<Req>,
+        B: Breakers<C>,
+        Attempts<S, C, B>: Service<Req>,
+        F: Fallback<S::Response, S::Error>,
     {
+        parts: Arc<Parts<S, C, P, B>>,
         #[pin]
-        state: State<Svc, Req, Svc::Future, F::Future, Error<E>>,
+        state: CallState<S, Req, C, P, F, B>,
+        // When the call started, while the stack's error metrics are to record it.
+        start: Option<Instant>,
         // Only kept when there is a fallback to hand a failure to.
         operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     }
+
+    impl<S, Req, C, P, F, B> PinnedDrop for ResponseFuture<S, Req, C, P, F, B>
+    where
+        S: Service<Req>,
+        B: Breakers<C>,
+        Attempts<S, C, B>: Service<Req>,
+        F: Fallback<S::Response, S::Error>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let mut held = Held::Released;
+            if let StateProj::Running { permit, .. } = this.state.as_mut().project() {
+                held = std::mem::replace(permit, Held::Released);
+            }
+            // The call in flight goes first, then its permit, as the bulkhead's own future
+            // would have it.
+            this.state.set(State::Done);
+            held.release(&this.parts.partition);
+            #[cfg(feature = "metrics")]
+            if this.start.take().is_some()
+                && let Some(metrics) = &this.parts.metrics
+            {
+                metrics.cancelled();
+            }
+        }
+    }
 }
+
+/// Where a call of the stack is.
+pub(crate) type CallState<S, Req, C, P, F, B> = State<
+    OperationService<S, C, P, B>,
+    Req,
+    Run<Attempts<S, C, B>, Req>,
+    <F as Fallback<<S as Service<Req>>::Response, <S as Service<Req>>::Error>>::Future,
+    Error<<S as Service<Req>>::Error>,
+>;
 
 pin_project! {
     #[project = StateProj]
-    enum State<Svc, Req, SF, FF, Err> {
-        Readying { service: Svc, request: Option<Req> },
-        Called { #[pin] future: SF },
+    pub(crate) enum State<Svc, Req, R, FF, Err> {
+        // Holding the permit: the total timeout's watch and the retried attempts (`None`:
+        // the deadline had expired before the call, which was not made).
+        Running { #[pin] watch: Watch, #[pin] run: Option<R>, permit: Held },
+        // Waiting for the bulkhead's permit (or the service's readiness), on this value's own
+        // copy of the layers.
+        Queued { service: Svc, request: Option<Req> },
         Refused { error: Option<Err> },
         Fallback { #[pin] future: FF },
+        Done,
     }
 }
 
-impl<Svc, Req, C, F, E> ResponseFuture<Svc, Req, C, F, E>
+impl<S, Req, C, P, F, B> ResponseFuture<S, Req, C, P, F, B>
 where
-    Svc: Service<Req>,
-    F: Fallback<Svc::Response, E>,
+    S: Service<Req>,
+    B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req>,
+    F: Fallback<S::Response, S::Error>,
 {
     pub(crate) fn new(
-        service: Svc,
-        request: Req,
+        parts: Arc<Parts<S, C, P, B>>,
+        state: CallState<S, Req, C, P, F, B>,
+        start: Option<Instant>,
         operation: Option<Arc<str>>,
         classifier: C,
         fallback: F,
     ) -> Self {
         ResponseFuture {
-            state: State::Readying {
-                service,
-                request: Some(request),
-            },
-            operation,
-            classifier,
-            fallback,
-        }
-    }
-
-    /// A call already made (on layers readied by the caller).
-    pub(crate) fn called(
-        future: Svc::Future,
-        operation: Option<Arc<str>>,
-        classifier: C,
-        fallback: F,
-    ) -> Self {
-        ResponseFuture {
-            state: State::Called { future },
-            operation,
-            classifier,
-            fallback,
-        }
-    }
-
-    pub(crate) fn refused(
-        error: Error<E>,
-        operation: Option<Arc<str>>,
-        classifier: C,
-        fallback: F,
-    ) -> Self {
-        ResponseFuture {
-            state: State::Refused { error: Some(error) },
+            parts,
+            state,
+            start,
             operation,
             classifier,
             fallback,
@@ -114,77 +163,160 @@ where
     }
 }
 
-impl<Svc, Req, C, F, E> std::fmt::Debug for ResponseFuture<Svc, Req, C, F, E>
+/// Makes the call on the readied retry service, under the total timeout: what the total
+/// timeout's and the retry's `call` do.
+pub(crate) fn running<S, Req, C, P, F, B>(
+    parts: &Parts<S, C, P, B>,
+    retry: &mut RetryOf<S, C, P, B>,
+    request: Req,
+    permit: Held,
+) -> CallState<S, Req, C, P, F, B>
 where
-    Svc: Service<Req>,
-    F: Fallback<Svc::Response, E>,
+    S: Service<Req>,
+    B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req, Response = S::Response> + Clone,
+    P: Replay<Req, S::Response>,
+    F: Fallback<S::Response, S::Error>,
+{
+    let now = crate::clock::now();
+    match crate::timeout::binding(&parts.total, now, Deadline::current()) {
+        Some((deadline, kind, limit)) => State::Running {
+            watch: Watch::new(
+                crate::timeout::listing(&parts.total, now),
+                deadline,
+                kind,
+                limit,
+            ),
+            run: Some(deadline.sync_scope(|| retry.start(request))),
+            permit,
+        },
+        None => State::Running {
+            watch: Watch::expired(Listing::Off(parts.total.clone())),
+            run: None,
+            permit,
+        },
+    }
+}
+
+impl<S, Req, C, P, F, B> std::fmt::Debug for ResponseFuture<S, Req, C, P, F, B>
+where
+    S: Service<Req>,
+    B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req>,
+    F: Fallback<S::Response, S::Error>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
-            State::Readying { .. } => "readying",
-            State::Called { .. } => "called",
+            State::Running { .. } => "running",
+            State::Queued { .. } => "queued",
             State::Refused { .. } => "refused",
             State::Fallback { .. } => "fallback",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
-            .field("operation", &self.operation)
+            .field("operation", &self.parts.total.operation)
             .field("state", &state)
             .finish()
     }
 }
 
-impl<Svc, Req, C, F, E> Future for ResponseFuture<Svc, Req, C, F, E>
+impl<S, Req, C, P, F, B> Future for ResponseFuture<S, Req, C, P, F, B>
 where
-    Svc: Service<Req>,
-    Svc::Error: IntoStackError<E>,
-    C: Classify<Svc::Response, E>,
-    F: Fallback<Svc::Response, E>,
+    S: Service<Req>,
+    B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req, Response = S::Response, Error = Error<Error<S::Error>>> + Clone,
+    OperationService<S, C, P, B>: Service<Req, Response = S::Response>,
+    <OperationService<S, C, P, B> as Service<Req>>::Error: IntoStackError<S::Error>,
+    C: Classify<S::Response, S::Error>,
+    P: Replay<Req, S::Response>,
+    F: Fallback<S::Response, S::Error>,
 {
-    type Output = Result<Svc::Response, Error<E>>;
+    type Output = Result<S::Response, Error<S::Error>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // One clock read for every layer of this poll (see `crate::clock`); already open
-        // when the stack's metrics poll this future.
+        // One clock read for every layer of this poll and the metrics' end (see
+        // `crate::clock`).
         let _step = crate::clock::step();
         let mut this = self.project();
-        loop {
+        let output = loop {
             let (result, classification) = match this.state.as_mut().project() {
-                StateProj::Readying { service, request } => match ready!(service.poll_ready(cx)) {
+                StateProj::Running {
+                    mut watch,
+                    run,
+                    permit,
+                } => {
+                    let mut ended = None;
+                    if let Some(run) = run.as_pin_mut()
+                        && let Some(deadline) = watch.as_mut().deadline()
+                        && let Poll::Ready(result) =
+                            deadline.sync_scope(|| run.poll_with(&this.parts.retry, cx))
+                    {
+                        ended = Some(
+                            result.map_err(|e| Error::Inner(Error::Inner(e)).into_stack_error()),
+                        );
+                    }
+                    let result = match ended {
+                        Some(result) => result,
+                        None => Err(Error::Timeout(ready!(watch.poll_expired(cx)))),
+                    };
+                    // Given back as soon as the call is done, not when the future is dropped.
+                    permit.release(&this.parts.partition);
+                    match result {
+                        Ok(response) => {
+                            if this.operation.is_none() || !this.fallback.on_responses() {
+                                break Ok(response);
+                            }
+                            // A response the classifier calls a failure (a 503 after the
+                            // retries) goes to the fallback too.
+                            match this.classifier.classify(Ok(&response)) {
+                                Some(Outcome::Failure(class)) => (Ok(response), Some(class)),
+                                _ => break Ok(response),
+                            }
+                        }
+                        Err(e) => match failed(e, this.classifier, this.operation) {
+                            Ok(to_fallback) => to_fallback,
+                            Err(e) => break Err(e),
+                        },
+                    }
+                }
+                StateProj::Queued { service, request } => match ready!(service.poll_ready(cx)) {
                     Ok(()) => {
                         let Some(request) = request.take() else {
                             unreachable!("the request is taken only by the call");
                         };
-                        let future = service.call(request);
-                        this.state.set(State::Called { future });
+                        let state = match service.take_ready() {
+                            Ok(permit) => running::<S, Req, C, P, F, B>(
+                                this.parts,
+                                service.get_mut().get_mut(),
+                                request,
+                                Held::Owned(permit),
+                            ),
+                            Err(full) => State::Refused {
+                                error: Some(Error::BulkheadFull(full)),
+                            },
+                        };
+                        this.state.set(state);
                         continue;
                     }
-                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
+                    Err(e) => match failed(e.into_stack_error(), this.classifier, this.operation) {
+                        Ok(to_fallback) => to_fallback,
+                        Err(e) => break Err(e),
+                    },
                 },
-                StateProj::Called { future } => match ready!(future.poll(cx)) {
-                    Ok(response) => {
-                        if this.operation.is_none() || !this.fallback.on_responses() {
-                            return Poll::Ready(Ok(response));
-                        }
-                        // A response the classifier calls a failure (a 503 after the retries)
-                        // goes to the fallback too.
-                        match this.classifier.classify(Ok(&response)) {
-                            Some(Outcome::Failure(class)) => (Ok(response), Some(class)),
-                            _ => return Poll::Ready(Ok(response)),
-                        }
-                    }
-                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation)?,
-                },
-                StateProj::Refused { error } => failed(
-                    error
+                StateProj::Refused { error } => {
+                    let error = error
                         .take()
-                        .expect("palisade stack ResponseFuture polled after completion"),
-                    this.classifier,
-                    this.operation,
-                )?,
+                        .expect("palisade stack ResponseFuture polled after completion");
+                    match failed(error, this.classifier, this.operation) {
+                        Ok(to_fallback) => to_fallback,
+                        Err(e) => break Err(e),
+                    }
+                }
                 // The fallback is the user's code: outside the shared clock read.
                 StateProj::Fallback { future } => {
-                    return crate::clock::outside(|| future.poll(cx));
+                    break ready!(crate::clock::outside(|| future.poll(cx)));
                 }
+                StateProj::Done => panic!("palisade stack ResponseFuture polled after completion"),
             };
             let Some(operation) = this.operation else {
                 unreachable!("failures reach here only when there is a fallback");
@@ -198,7 +330,14 @@ where
                 })
             });
             this.state.set(State::Fallback { future });
+        };
+        #[cfg(feature = "metrics")]
+        if let Some(start) = this.start.take()
+            && let Some(metrics) = &this.parts.metrics
+        {
+            metrics.record(start, &metrics.classifier().outcome(output.as_ref()));
         }
+        Poll::Ready(output)
     }
 }
 
@@ -233,47 +372,4 @@ fn record_fallback(operation: &Arc<str>, classification: Option<&Classification>
     );
     #[cfg(feature = "metrics")]
     super::metrics::record_fallback(operation, classification);
-}
-
-#[cfg(feature = "metrics")]
-pin_project! {
-    /// The response future of [`Resilience`](super::Resilience): the stack's
-    /// [`ResponseFuture`], recorded by the stack's error metrics unless they are off
-    /// ([`without_metrics`](super::ResilienceLayer::without_metrics)).
-    #[project = MeteredProj]
-    #[allow(missing_docs)]
-    pub enum MeteredFuture<F, C> {
-        /// Recorded by [`ErrorMetricsLayer`](crate::metrics::ErrorMetricsLayer)'s future.
-        Metered { #[pin] future: crate::metrics::ResponseFuture<F, C> },
-        /// Not recorded.
-        Plain { #[pin] future: F },
-    }
-}
-
-#[cfg(feature = "metrics")]
-impl<F, C, T, E> Future for MeteredFuture<F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    C: Classify<T, E>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // One clock read for the layers and the metrics' end (see `crate::clock`).
-        let _step = crate::clock::step();
-        match self.project() {
-            MeteredProj::Metered { future } => future.poll(cx),
-            MeteredProj::Plain { future } => future.poll(cx),
-        }
-    }
-}
-
-#[cfg(feature = "metrics")]
-impl<F, C> std::fmt::Debug for MeteredFuture<F, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MeteredFuture::Metered { .. } => "MeteredFuture::Metered",
-            MeteredFuture::Plain { .. } => "MeteredFuture::Plain",
-        })
-    }
 }

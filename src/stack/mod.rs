@@ -145,9 +145,11 @@
 //!
 //! # Boxing
 //!
-//! Nothing is boxed per call by the stack: the response future is a named type over the
-//! operation layers' own named futures. (The bulkhead boxes the wait of a call that queues,
-//! as documented there.)
+//! Nothing is boxed per call by the stack: the response future is one named type
+//! ([`ResponseFuture`]) that does the work of the error metrics, the bulkhead's permit, the
+//! total timeout and the retries itself, with those layers' own code, over the circuit
+//! breaker's and the attempt timeout's named futures. (The bulkhead boxes the wait of a call
+//! that queues, as documented there.)
 
 mod breakers;
 mod edge;
@@ -179,8 +181,6 @@ pub use edge::Problems;
 pub use edge::Statuses;
 pub use edge::{DefaultCorrelation, Edge, Errors, Uncorrelated};
 pub use fallback::{Failure, Fallback, FallbackFn, NoFallback, fallback_fn};
-#[cfg(feature = "metrics")]
-pub use future::MeteredFuture;
 pub use future::{IntoStackError, ResponseFuture};
 pub use layer::ResilienceLayer;
 #[cfg(feature = "metrics")]

@@ -7,12 +7,10 @@ use tower_service::Service;
 use super::NoReplay;
 use super::breakers::{Breakers, PerOperation};
 use super::fallback::{Fallback, NoFallback};
-#[cfg(feature = "metrics")]
-use super::future::MeteredFuture;
-use super::future::{IntoStackError, ResponseFuture};
+use super::future::{CallState, Held, IntoStackError, ResponseFuture, State, running};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
-use super::table::{OperationService, StackMetrics, Table};
+use super::table::{Attempts, OperationService, OperationStack, Parts, StackMetrics, Table};
 use crate::classify::Classify;
 #[cfg(feature = "metrics")]
 use crate::error::ThroughLayers;
@@ -32,11 +30,13 @@ use crate::retry::Replay;
 ///
 /// `poll_ready` is always ready: which bulkhead applies is known only once the request is
 /// seen. Each `Resilience` value keeps its own copy of the layers of the operation it called
-/// last; `call` readies that copy at once (with a no-op waker) and, if it is ready (a free
-/// permit: the common case), calls it in place. If it is not, the copy moves into the
-/// response future, which waits there for the operation's permit with the task's waker
-/// (like tower's `Oneshot`), and the next call clones the operation's layers afresh. A full
-/// bulkhead thus rejects or holds that call, not the whole service, and one operation's
+/// last. In the common case `call` takes a free permit straight from the operation's
+/// bulkhead partition, readies the layers below the bulkhead at once (with a no-op waker) and
+/// calls them in place. Otherwise (no free permit, or the service not ready) it asks the
+/// copy's bulkhead, which queues or rejects the call; if the copy is not ready then, it moves
+/// into the response future, which waits there for the operation's permit with the task's
+/// waker (like tower's `Oneshot`), and the next call clones the operation's layers afresh. A
+/// full bulkhead thus rejects or holds that call, not the whole service, and one operation's
 /// waiting never holds up another's.
 ///
 /// # Reloads
@@ -53,7 +53,8 @@ use crate::retry::Replay;
 /// extension lookup and a hash lookup), one hash of a pointer, the layers' own costs on this
 /// value's copy of them (no clone of them when the value is called again for the same
 /// operation; one clone when it is a fresh clone, as axum makes per request), and one
-/// reference count for the error metrics (unless turned off). The layers and the metrics
+/// reference count, on the operation's parts (its bulkhead partition, retry parts and error
+/// metrics), which the response future holds for all of them. The layers and the metrics
 /// share one clock read when the call is made and one when it completes, instead of one
 /// each (see [`Outside`](super::Outside)). No lock, and no allocation of its own. Figures in
 /// `docs/performance.md`.
@@ -183,6 +184,7 @@ impl<S, C, P, Sel, F, B: Breakers<C>> std::fmt::Debug for Resilience<S, C, P, Se
 impl<S, C, P, Sel, F, B, Req> Service<Req> for Resilience<S, C, P, Sel, F, B>
 where
     B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req, Response = S::Response, Error = Error<Error<S::Error>>> + Clone,
     OperationService<S, C, P, B>: Service<Req, Response = S::Response> + Clone,
     <OperationService<S, C, P, B> as Service<Req>>::Error: IntoStackError<S::Error>,
     S: Service<Req> + Clone,
@@ -193,13 +195,7 @@ where
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
-    #[cfg(feature = "metrics")]
-    type Future = MeteredFuture<
-        ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>,
-        ThroughLayers<C>,
-    >;
-    #[cfg(not(feature = "metrics"))]
-    type Future = ResponseFuture<OperationService<S, C, P, B>, Req, C, F, S::Error>;
+    type Future = ResponseFuture<S, Req, C, P, F, B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -234,84 +230,132 @@ where
             .fallback
             .is_active()
             .then(|| stack.policy.name_arc().clone());
-        // When the call started, for the metrics: read once the layers are ready (the
-        // readiness check polls the user's service, after which the step reads the clock
-        // afresh), so the layers' own reads share it.
-        let start;
-        let future = if !stack.policy.enabled {
-            start = crate::clock::now();
-            // The kill switch: refused before any layer or the service is touched.
-            ResponseFuture::refused(
-                Error::OperationDisabled(OperationDisabled {
-                    operation: stack.policy.name_arc().clone(),
-                }),
-                operation,
-                shared.classifier.clone(),
-                shared.fallback.clone(),
-            )
+        let parts = stack.parts.clone();
+        // When the call started, for the metrics (`None`: they are off): read once the
+        // layers are ready (the readiness check polls the user's service, after which the
+        // step reads the clock afresh), so the layers' own reads share it.
+        #[cfg(feature = "metrics")]
+        let metered = parts.metrics.is_some();
+        #[cfg(not(feature = "metrics"))]
+        let metered = false;
+        let mut start = None;
+        let mut mark_start = || start = metered.then(crate::clock::now);
+        let state = if stack.policy.enabled {
+            Self::start(&parts, local, &table, stack, key, request, &mut mark_start)
         } else {
-            let id = std::ptr::from_ref(stack) as usize;
-            let mine = match local {
-                Some(l) if l.table == table.id && l.stack == id => l,
-                _ => local.insert(Local {
-                    table: table.id,
-                    stack: id,
-                    policy: key,
-                    service: stack.service.clone(),
-                }),
-            };
-            // The common case: the bulkhead has a permit and the layers are ready now, so the
-            // call goes through this service's own copy of the layers. Otherwise that copy
-            // moves into the future, which waits with the task's waker (the next call here
-            // clones the operation's layers afresh).
-            match mine
-                .service
-                .poll_ready(&mut Context::from_waker(Waker::noop()))
-            {
-                Poll::Ready(Ok(())) => {
-                    start = crate::clock::now();
-                    ResponseFuture::called(
-                        mine.service.call(request),
-                        operation,
-                        shared.classifier.clone(),
-                        shared.fallback.clone(),
-                    )
-                }
-                Poll::Ready(Err(e)) => {
-                    start = crate::clock::now();
-                    // A service whose readiness failed is not called again.
-                    *local = None;
-                    ResponseFuture::refused(
-                        e.into_stack_error(),
-                        operation,
-                        shared.classifier.clone(),
-                        shared.fallback.clone(),
-                    )
-                }
-                Poll::Pending => {
-                    start = crate::clock::now();
-                    let Some(mine) = local.take() else {
-                        unreachable!("filled above");
-                    };
-                    ResponseFuture::new(
-                        mine.service,
-                        request,
-                        operation,
-                        shared.classifier.clone(),
-                        shared.fallback.clone(),
-                    )
-                }
+            // The kill switch: refused before any layer or the service is touched.
+            mark_start();
+            State::Refused {
+                error: Some(Error::OperationDisabled(OperationDisabled {
+                    operation: stack.policy.name_arc().clone(),
+                })),
             }
         };
-        #[cfg(feature = "metrics")]
-        let future = match &stack.metrics {
-            Some(metrics) => MeteredFuture::Metered {
-                future: crate::metrics::ResponseFuture::bound(future, metrics.clone(), start),
-            },
-            None => MeteredFuture::Plain { future },
+        ResponseFuture::new(
+            parts,
+            state,
+            start,
+            operation,
+            shared.classifier.clone(),
+            shared.fallback.clone(),
+        )
+    }
+}
+
+impl<S, C, P, Sel, F, B> Resilience<S, C, P, Sel, F, B>
+where
+    S: Clone,
+    B: Breakers<C>,
+{
+    /// Makes a call of an enabled operation on this value's copy of its layers (`local`,
+    /// made from `stack` if it is not that operation's of `table`), and marks when it started
+    /// (`mark_start`, once the layers are ready).
+    fn start<Req>(
+        parts: &Parts<S, C, P, B>,
+        local: &mut Option<Local<S, C, P, B>>,
+        table: &Table<S, C, P, B>,
+        stack: &OperationStack<S, C, P, B>,
+        key: usize,
+        request: Req,
+        mut mark_start: impl FnMut(),
+    ) -> CallState<S, Req, C, P, F, B>
+    where
+        S: Service<Req>,
+        Attempts<S, C, B>:
+            Service<Req, Response = S::Response, Error = Error<Error<S::Error>>> + Clone,
+        OperationService<S, C, P, B>: Service<Req, Response = S::Response> + Clone,
+        <OperationService<S, C, P, B> as Service<Req>>::Error: IntoStackError<S::Error>,
+        C: Classify<S::Response, S::Error>,
+        P: Replay<Req, S::Response>,
+        F: Fallback<S::Response, S::Error>,
+    {
+        let id = std::ptr::from_ref(stack) as usize;
+        let mine = match local {
+            Some(l) if l.table == table.id && l.stack == id => l,
+            _ => local.insert(Local {
+                table: table.id,
+                stack: id,
+                policy: key,
+                service: stack.service.clone(),
+            }),
         };
-        #[cfg(not(feature = "metrics"))]
-        let _ = start;
-        future
+        let mut cx = Context::from_waker(Waker::noop());
+        // The common case: a free permit, taken straight from the partition (no reference
+        // count: the future gives it back through `parts`), and the layers below the
+        // bulkhead ready now, called in place on this value's own copy of them.
+        if parts.partition.try_take() {
+            let retry = mine.service.get_mut().get_mut();
+            match retry.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => {
+                    mark_start();
+                    return running::<S, Req, C, P, F, B>(parts, retry, request, Held::Raw);
+                }
+                Poll::Ready(Err(e)) => {
+                    parts.partition.give_back();
+                    // A service whose readiness failed is not called again.
+                    *local = None;
+                    mark_start();
+                    let error = Error::Inner(Error::Inner(e)).into_stack_error();
+                    return State::Refused { error: Some(error) };
+                }
+                // Not ready: the permit goes back, and the bulkhead takes one of its own
+                // below, to wait with.
+                Poll::Pending => parts.partition.give_back(),
+            }
+        }
+        // Otherwise through the bulkhead service: it queues the call or rejects it. If it is
+        // not ready now, this value's copy of the layers moves into the future, which waits
+        // with the task's waker (the next call here clones the operation's layers afresh).
+        let ready = mine.service.poll_ready(&mut cx);
+        mark_start();
+        match ready {
+            Poll::Ready(Ok(())) => match mine.service.take_ready() {
+                Ok(permit) => running::<S, Req, C, P, F, B>(
+                    parts,
+                    mine.service.get_mut().get_mut(),
+                    request,
+                    Held::Owned(permit),
+                ),
+                Err(full) => State::Refused {
+                    error: Some(Error::BulkheadFull(full)),
+                },
+            },
+            Poll::Ready(Err(e)) => {
+                // A service whose readiness failed is not called again.
+                *local = None;
+                State::Refused {
+                    error: Some(e.into_stack_error()),
+                }
+            }
+            Poll::Pending => {
+                let Some(mine) = local.take() else {
+                    unreachable!("filled above");
+                };
+                State::Queued {
+                    service: mine.service,
+                    request: Some(request),
+                }
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use super::breakers::{Breakers, PerOperation};
 use super::outside::Outside;
 use super::registry::{OperationState, States};
-use crate::bulkhead::Bulkhead;
+use crate::bulkhead::{Bulkhead, Partition};
 use crate::error::ThroughLayers;
 use crate::policy::{Policies, Policy};
 use crate::retry::{Retry, RetryLayer};
@@ -30,14 +30,40 @@ pub type OperationService<S, C, P, B = PerOperation> = Bulkhead<
     >,
 >;
 
+/// The service the retry calls for each attempt: the circuit breaker around the attempt
+/// timeout around the user's service.
+pub(crate) type Attempts<S, C, B> = <B as Breakers<C>>::Service<Timeout<Outside<S>>>;
+
+/// The classifier the retry judges attempts with: the stack's, through the breaker's and the
+/// attempt timeout's errors.
+pub(crate) type RetryClassifier<C> = ThroughLayers<ThroughLayers<C>>;
+
+/// What the retry service of an operation's layers shares with its calls.
+pub(crate) type RetryParts<S, C, P, B> =
+    crate::retry::Parts<Attempts<S, C, B>, RetryClassifier<C>, P>;
+
+/// The retry service of an operation's layers.
+pub(crate) type RetryOf<S, C, P, B> = Retry<Attempts<S, C, B>, RetryClassifier<C>, P>;
+
+/// What a call through one operation's layers needs from them once it is made, shared by
+/// every call of the operation (in one table version): the stack's response future holds it
+/// with one reference count, where the layers' own futures would take one each (the
+/// bulkhead's permit, the retry's parts, the error metrics).
+pub(crate) struct Parts<S, C, P, B: Breakers<C>> {
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) total: Arc<crate::timeout::Shared>,
+    pub(crate) retry: Arc<RetryParts<S, C, P, B>>,
+    /// The stack's error metrics for this operation (`None`: turned off), labelled by the
+    /// policy, their handles registered once per operation and table version.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Bound<ThroughLayers<C>>>,
+}
+
 /// One operation of one service: its policy snapshot and its layers.
 pub(crate) struct OperationStack<S, C, P, B: Breakers<C>> {
     pub(crate) policy: Arc<Policy>,
     pub(crate) service: OperationService<S, C, P, B>,
-    /// The stack's error metrics for this operation (`None`: turned off), labelled by the
-    /// policy, their handles registered once per operation and table version.
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<Arc<crate::metrics::Bound<ThroughLayers<C>>>>,
+    pub(crate) parts: Arc<Parts<S, C, P, B>>,
 }
 
 /// The stack's error metrics layer, as table builds take it.
@@ -71,17 +97,21 @@ impl<S: Clone, C: Clone, P: Clone, B: Breakers<C>> OperationStack<S, C, P, B> {
                 .layer(breaker);
         let total = TimeoutLayer::total_from(policy).layer(retry);
         let service = state.bulkhead.layer(total);
-        OperationStack {
+        let total = service.get_ref();
+        let parts = Arc::new(Parts {
+            partition: service.partition().clone(),
+            total: total.shared.clone(),
+            retry: total.get_ref().parts().clone(),
             #[cfg(feature = "metrics")]
             metrics: metrics.as_ref().map(|layer| {
                 let label = super::metrics::label(policy.name_arc());
-                Arc::new(crate::metrics::Bound::new(
-                    layer,
-                    crate::metrics::Operation::new(label),
-                ))
+                crate::metrics::Bound::new(layer, crate::metrics::Operation::new(label))
             }),
+        });
+        OperationStack {
             policy: policy.clone(),
             service,
+            parts,
         }
     }
 }

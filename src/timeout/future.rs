@@ -38,6 +38,22 @@ pin_project! {
 }
 
 pin_project! {
+    /// A call's deadline, its timer and its listing: what a timeout future keeps besides the
+    /// call it times (the stack's future keeps one for its total timeout).
+    #[derive(Debug)]
+    pub(crate) struct Watch {
+        #[pin]
+        timer: Timer,
+        call: Listing,
+        kind: TimeoutKind,
+        // The limit in nanoseconds (saturating at 584 years), for the error: eight bytes
+        // less than a `Duration` in a future every outer layer moves. The deadline is the
+        // timer's (see `Timer`).
+        limit: u64,
+    }
+}
+
+pin_project! {
     #[project = TimerProj]
     #[derive(Debug)]
     enum Timer {
@@ -97,6 +113,114 @@ impl Drop for Listing {
     }
 }
 
+impl Watch {
+    #[inline]
+    pub(crate) fn new(
+        listing: Listing,
+        deadline: Deadline,
+        kind: TimeoutKind,
+        limit: Duration,
+    ) -> Self {
+        Watch {
+            timer: Timer::Unarmed { deadline },
+            call: listing,
+            kind,
+            limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A call not made: the deadline from upstream had already expired.
+    pub(crate) fn expired(listing: Listing) -> Self {
+        Watch {
+            timer: Timer::Off,
+            call: listing,
+            kind: TimeoutKind::DeadlineExpired,
+            limit: 0,
+        }
+    }
+
+    /// The deadline, unless the call was not made.
+    #[inline]
+    pub(crate) fn deadline(self: Pin<&mut Self>) -> Option<Deadline> {
+        match self.project().timer.project() {
+            TimerProj::Unarmed { deadline } => Some(*deadline),
+            TimerProj::Armed { sleep } => Some(Deadline::at(sleep.deadline())),
+            TimerProj::Off => None,
+        }
+    }
+
+    /// Waits for the deadline (arming the timer at the first wait): the error once it has
+    /// passed, at once for a call not made.
+    pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimeoutError> {
+        let mut this = self.project();
+        let deadline = match this.timer.as_mut().project() {
+            TimerProj::Off => return Poll::Ready(not_made(this.call)),
+            TimerProj::Unarmed { deadline } => Some(*deadline),
+            TimerProj::Armed { .. } => None,
+        };
+        if let Some(deadline) = deadline {
+            this.timer.set(Timer::Armed {
+                sleep: tokio::time::sleep_until(deadline.instant()),
+            });
+        }
+        if let TimerProj::Armed { sleep } = this.timer.project() {
+            ready!(sleep.poll(cx));
+        }
+        Poll::Ready(fired(
+            this.call,
+            *this.kind,
+            Duration::from_nanos(*this.limit),
+        ))
+    }
+}
+
+/// The error of a call not made because the deadline from upstream had expired: counted,
+/// logged at DEBUG.
+#[cold]
+fn not_made(call: &Listing) -> TimeoutError {
+    let operation = call.timed_out(TimeoutKind::DeadlineExpired);
+    // Nothing was called: the caller upstream has already given up.
+    tracing::debug!(
+        operation = %operation,
+        kind = TimeoutKind::DeadlineExpired.as_str(),
+        "palisade: deadline already expired, call not made"
+    );
+    TimeoutError {
+        kind: TimeoutKind::DeadlineExpired,
+        operation,
+        limit: Duration::ZERO,
+    }
+}
+
+/// The error of a call whose deadline passed: counted, logged.
+#[cold]
+fn fired(call: &Listing, kind: TimeoutKind, limit: Duration) -> TimeoutError {
+    let error = TimeoutError {
+        kind,
+        operation: call.timed_out(kind),
+        limit,
+    };
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    // A total timeout fails the call for its caller: WARN. An attempt timeout is one
+    // attempt of several (retry decides, and logs, what follows): DEBUG.
+    if kind == TimeoutKind::Total {
+        tracing::warn!(
+            operation = %error.operation,
+            kind = kind.as_str(),
+            limit_ms,
+            "palisade: timeout fired"
+        );
+    } else {
+        tracing::debug!(
+            operation = %error.operation,
+            kind = kind.as_str(),
+            limit_ms,
+            "palisade: timeout fired"
+        );
+    }
+    error
+}
+
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
@@ -135,18 +259,7 @@ where
         let mut this = self.project();
         let (deadline, kind, limit) = match this.state.project() {
             StateProj::Expired => {
-                let operation = this.call.timed_out(TimeoutKind::DeadlineExpired);
-                // Nothing was called: the caller upstream has already given up.
-                tracing::debug!(
-                    operation = %operation,
-                    kind = TimeoutKind::DeadlineExpired.as_str(),
-                    "palisade: deadline already expired, call not made"
-                );
-                return Poll::Ready(Err(Error::Timeout(TimeoutError {
-                    kind: TimeoutKind::DeadlineExpired,
-                    operation,
-                    limit: Duration::ZERO,
-                })));
+                return Poll::Ready(Err(Error::Timeout(not_made(this.call))));
             }
             StateProj::Running { inner, kind, limit } => {
                 let deadline = match this.timer.as_mut().project() {
@@ -168,29 +281,6 @@ where
         if let TimerProj::Armed { sleep } = this.timer.project() {
             ready!(sleep.poll(cx));
         }
-        let error = TimeoutError {
-            kind,
-            operation: this.call.timed_out(kind),
-            limit,
-        };
-        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        // A total timeout fails the call for its caller: WARN. An attempt timeout is one
-        // attempt of several (retry decides, and logs, what follows): DEBUG.
-        if kind == TimeoutKind::Total {
-            tracing::warn!(
-                operation = %error.operation,
-                kind = kind.as_str(),
-                limit_ms,
-                "palisade: timeout fired"
-            );
-        } else {
-            tracing::debug!(
-                operation = %error.operation,
-                kind = kind.as_str(),
-                limit_ms,
-                "palisade: timeout fired"
-            );
-        }
-        Poll::Ready(Err(Error::Timeout(error)))
+        Poll::Ready(Err(Error::Timeout(fired(this.call, kind, limit))))
     }
 }

@@ -82,8 +82,11 @@ pub use deadline::{Deadline, RequestDeadline, Scoped, TaskDeadlineOnly, parse_gr
 #[cfg(feature = "http")]
 pub use deadline::{GRPC_TIMEOUT, GrpcTimeoutHeader};
 pub use future::ResponseFuture;
+pub(crate) use future::{Listing, Watch};
 pub use in_flight::{InFlight, InFlightCall};
+pub(crate) use layer::Shared;
 pub use layer::TimeoutLayer;
 #[cfg(feature = "http")]
 pub use propagate::{PropagateDeadline, PropagateDeadlineLayer, format_grpc_timeout};
 pub use service::Timeout;
+pub(crate) use service::{binding, listing};

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower_service::Service;
 
@@ -56,37 +57,54 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = &*self.shared;
         // The stack's shared read when inside it (see `crate::clock`), else the clock.
         let now = crate::clock::now();
-        let own = Deadline::after_from(now, shared.limit);
         let upstream = match (Deadline::current(), self.extract.deadline(&request)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (deadline, kind, limit) = match upstream {
-            Some(up) if up.instant() <= now => {
-                return ResponseFuture::expired(self.shared.clone());
-            }
-            // The deadline from upstream binds: report it as the total budget it is, with
-            // the time that was left.
-            Some(up) if up < own => (up, TimeoutKind::Total, up.instant() - now),
-            _ => (own, shared.kind, shared.limit),
+        let Some((deadline, kind, limit)) = binding(&self.shared, now, upstream) else {
+            return ResponseFuture::expired(self.shared.clone());
         };
-        let listing = match &shared.in_flight {
-            ListIn::Nowhere => Listing::Off(self.shared.clone()),
-            ListIn::Global(registry, id) => Listing::Global {
-                id: *id,
-                slot: registry.start(*id, now),
-            },
-            ListIn::NameOnly(id) => Listing::Named { id: *id },
-            ListIn::Registry(registry, id) => Listing::Custom {
-                slot: registry.start(*id, now),
-                registry: registry.clone(),
-                id: *id,
-            },
-        };
+        let listing = listing(&self.shared, now);
         let inner = deadline.sync_scope(|| self.inner.call(request));
         ResponseFuture::new(inner, listing, deadline, kind, limit)
+    }
+}
+
+/// The deadline that binds a call made `now` under the `upstream` deadline, if any, with its
+/// kind and limit (as reported in a timeout's error); `None` if the upstream deadline has
+/// already expired (the call is not to be made).
+#[inline(always)]
+pub(crate) fn binding(
+    shared: &Shared,
+    now: tokio::time::Instant,
+    upstream: Option<Deadline>,
+) -> Option<(Deadline, TimeoutKind, Duration)> {
+    let own = Deadline::after_from(now, shared.limit);
+    match upstream {
+        Some(up) if up.instant() <= now => None,
+        // The deadline from upstream binds: report it as the total budget it is, with
+        // the time that was left.
+        Some(up) if up < own => Some((up, TimeoutKind::Total, up.instant() - now)),
+        _ => Some((own, shared.kind, shared.limit)),
+    }
+}
+
+/// Lists a call made `now` where the layer lists its calls.
+#[inline(always)]
+pub(crate) fn listing(shared: &Arc<Shared>, now: tokio::time::Instant) -> Listing {
+    match &shared.in_flight {
+        ListIn::Nowhere => Listing::Off(shared.clone()),
+        ListIn::Global(registry, id) => Listing::Global {
+            id: *id,
+            slot: registry.start(*id, now),
+        },
+        ListIn::NameOnly(id) => Listing::Named { id: *id },
+        ListIn::Registry(registry, id) => Listing::Custom {
+            slot: registry.start(*id, now),
+            registry: registry.clone(),
+            id: *id,
+        },
     }
 }
