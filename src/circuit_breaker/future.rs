@@ -29,6 +29,7 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline(always)]
     pub(crate) fn called(future: F, ticket: Option<Ticket>, classifier: &C) -> Self
     where
         C: Clone,

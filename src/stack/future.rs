@@ -165,6 +165,7 @@ where
 
 /// Makes the call on the readied retry service, under the total timeout: what the total
 /// timeout's and the retry's `call` do.
+#[inline(always)]
 pub(crate) fn running<S, Req, C, P, F, B>(
     parts: &Parts<S, C, P, B>,
     retry: &mut RetryOf<S, C, P, B>,

@@ -270,6 +270,7 @@ where
     /// Makes a call of an enabled operation on this value's copy of its layers (`local`,
     /// made from `stack` if it is not that operation's of `table`), and marks when it started
     /// (`mark_start`, once the layers are ready).
+    #[inline(always)]
     fn start<Req>(
         parts: &Parts<S, C, P, B>,
         local: &mut Option<Local<S, C, P, B>>,
