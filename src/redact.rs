@@ -108,6 +108,7 @@ impl SensitiveHeaders {
     /// in the list: `false` means it is not; `true` means it may be (one bit test, no name
     /// comparison). For a caller that already walks the names, to skip [`mark`](Self::mark)
     /// when none could be listed.
+    #[cfg(feature = "correlation")]
     #[inline(always)]
     pub(crate) fn may_contain(&self, name: &str) -> bool {
         self.lengths & name_bit(name.as_bytes()) != 0
