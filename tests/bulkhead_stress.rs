@@ -22,6 +22,10 @@ use palisade::error::{BulkheadRejection, Error};
 use palisade::policy::BulkheadPolicy;
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "support/load.rs"]
+mod load;
+use load::{Load, Rng};
+
 type Io = std::io::Error;
 
 fn limits(max_concurrent: u32, max_queue: u32, max_wait: Duration) -> BulkheadPolicy {
@@ -34,35 +38,6 @@ fn limits(max_concurrent: u32, max_queue: u32, max_wait: Duration) -> BulkheadPo
 
 /// Long enough that no wait runs out during the test: a waiter that is never woken hangs.
 const FOREVER: Duration = Duration::from_secs(3600);
-
-/// A small deterministic generator (xorshift64*), one per task: the choices are
-/// reproducible, the thread interleavings are not.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-/// Counts the calls running in the inner service and the most seen at once.
-#[derive(Clone, Default)]
-struct Load {
-    running: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-}
-
-/// Leaves the count when the call ends or is dropped mid-flight.
-struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// The inner service: counts itself in, yields `work` times (so other tasks run while it is
 /// in flight), counts itself out.
@@ -79,9 +54,7 @@ impl Service<u32> for Work {
     }
 
     fn call(&mut self, work: u32) -> Self::Future {
-        let now = self.0.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.most.fetch_max(now, Ordering::SeqCst);
-        let guard = Running(self.0.running.clone());
+        let guard = self.0.enter();
         Box::pin(async move {
             let _guard = guard;
             for _ in 0..work {
@@ -206,11 +179,7 @@ async fn churn(
 }
 
 fn assert_settled(layer: &BulkheadLayer, load: &Load, limit: usize) {
-    assert_eq!(
-        load.running.load(Ordering::SeqCst),
-        0,
-        "no call left running"
-    );
+    assert_eq!(load.running(), 0, "no call left running");
     assert_eq!(layer.in_flight(), 0, "no permit left held");
     assert_eq!(layer.waiting(), 0, "nobody left in the queue");
     assert_eq!(
@@ -231,15 +200,11 @@ async fn under_random_cancellation_the_limit_holds_and_no_waiter_is_forgotten() 
     );
 
     assert!(
-        load.most.load(Ordering::SeqCst) <= 3,
+        load.most() <= 3,
         "never more than 3 in flight, saw {}",
-        load.most.load(Ordering::SeqCst)
+        load.most()
     );
-    assert_eq!(
-        load.most.load(Ordering::SeqCst),
-        3,
-        "the test filled the bulkhead"
-    );
+    assert_eq!(load.most(), 3, "the test filled the bulkhead");
     assert_eq!(tally.wait_timed_out, 0);
     assert!(tally.answered > 0);
     assert_settled(&layer, &load, 3);
@@ -269,9 +234,9 @@ async fn under_random_cancellation_and_resizes_no_permit_is_lost_or_made_up() {
     layer.reconfigure(&limits(4, 64, FOREVER));
 
     assert!(
-        load.most.load(Ordering::SeqCst) <= 8,
+        load.most() <= 8,
         "never more in flight than the largest limit set, saw {}",
-        load.most.load(Ordering::SeqCst)
+        load.most()
     );
     assert_eq!(tally.wait_timed_out, 0);
     assert!(tally.answered > 0 && tally.dropped_waiting > 0);
@@ -286,7 +251,7 @@ async fn waits_running_out_under_load_lose_no_permit() {
     let load = Load::default();
     let (tally, _) = churn(&layer, &load, 32, 300, None).await;
 
-    assert!(load.most.load(Ordering::SeqCst) <= 2);
+    assert!(load.most() <= 2);
     // How many waits run out depends on the machine (tokio's timer ticks by the
     // millisecond); what must hold does not.
     assert!(tally.answered > 0);

@@ -23,34 +23,11 @@ use palisade::policy::{Policies, PolicyStore};
 use palisade::stack::{ByName, ResilienceLayer};
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "support/load.rs"]
+mod load;
+use load::{Load, Rng};
+
 type Io = std::io::Error;
-
-/// A small deterministic generator (xorshift64*), one per task.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-/// Counts the calls running in the service and the most seen at once.
-#[derive(Clone, Default)]
-struct Load {
-    running: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-}
-
-struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// The service: counts itself in, yields `work % 8` times, fails (a reset connection) when
 /// `work >= 8`, counts itself out. (No retries: a backoff would sleep on the real clock.)
@@ -67,9 +44,7 @@ impl Service<u64> for Work {
     }
 
     fn call(&mut self, work: u64) -> Self::Future {
-        let now = self.0.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.most.fetch_max(now, Ordering::SeqCst);
-        let guard = Running(self.0.running.clone());
+        let guard = self.0.enter();
         Box::pin(async move {
             let _guard = guard;
             for _ in 0..work % 8 {
@@ -196,16 +171,12 @@ async fn under_random_cancellation_and_reloads_no_permit_is_lost_or_made_up() {
     assert_eq!(stack.clone().oneshot(1).await.unwrap(), 1);
 
     assert!(tally.answered > 0 && tally.failed > 0 && tally.dropped > 0);
-    let most = load.most.load(Ordering::SeqCst);
+    let most = load.most();
     assert!(
         most <= 5,
         "never more in flight than the largest limit set, saw {most}"
     );
-    assert_eq!(
-        load.running.load(Ordering::SeqCst),
-        0,
-        "no call left running"
-    );
+    assert_eq!(load.running(), 0, "no call left running");
     assert_eq!(bulkhead.in_flight(), 0, "no permit left held");
     assert_eq!(
         bulkhead.available_permits(),
