@@ -199,6 +199,35 @@ where
     }
 }
 
+/// Makes the call on layers whose bulkhead is ready: with the permit it reserved, or refused
+/// with the rejection it decided (a full queue, a wait that ran out). Inlined like
+/// [`running`], so the call's state is built where the future is.
+#[inline(always)]
+pub(crate) fn admitted<S, Req, C, P, F, B>(
+    parts: &Parts<S, C, P, B>,
+    service: &mut OperationService<S, C, P, B>,
+    request: Req,
+) -> CallState<S, Req, C, P, F, B>
+where
+    S: Service<Req>,
+    B: Breakers<C>,
+    Attempts<S, C, B>: Service<Req, Response = S::Response> + Clone,
+    P: Replay<Req, S::Response>,
+    F: Fallback<S::Response, S::Error>,
+{
+    match service.take_ready() {
+        Ok(permit) => running::<S, Req, C, P, F, B>(
+            parts,
+            service.get_mut().get_mut(),
+            request,
+            Held::Owned(permit),
+        ),
+        Err(full) => State::Refused {
+            error: Some(Error::BulkheadFull(full)),
+        },
+    }
+}
+
 impl<S, Req, C, P, F, B> std::fmt::Debug for ResponseFuture<S, Req, C, P, F, B>
 where
     S: Service<Req>,
@@ -240,7 +269,8 @@ where
         let _step = crate::clock::step();
         let mut this = self.project();
         let output = loop {
-            let (result, classification) = match this.state.as_mut().project() {
+            // A failure for the fallback (`Ok`), or the call's end (`Err`: no fallback).
+            let to_fallback = match this.state.as_mut().project() {
                 StateProj::Running {
                     mut watch,
                     run,
@@ -270,14 +300,11 @@ where
                             // A response the classifier calls a failure (a 503 after the
                             // retries) goes to the fallback too.
                             match this.classifier.classify(Ok(&response)) {
-                                Some(Outcome::Failure(class)) => (Ok(response), Some(class)),
+                                Some(Outcome::Failure(class)) => Ok((Ok(response), Some(class))),
                                 _ => break Ok(response),
                             }
                         }
-                        Err(e) => match failed(e, this.classifier, this.operation) {
-                            Ok(to_fallback) => to_fallback,
-                            Err(e) => break Err(e),
-                        },
+                        Err(e) => failed(e, this.classifier, this.operation),
                     }
                 }
                 StateProj::Queued { service, request } => match ready!(service.poll_ready(cx)) {
@@ -285,39 +312,27 @@ where
                         let Some(request) = request.take() else {
                             unreachable!("the request is taken only by the call");
                         };
-                        let state = match service.take_ready() {
-                            Ok(permit) => running::<S, Req, C, P, F, B>(
-                                this.parts,
-                                service.get_mut().get_mut(),
-                                request,
-                                Held::Owned(permit),
-                            ),
-                            Err(full) => State::Refused {
-                                error: Some(Error::BulkheadFull(full)),
-                            },
-                        };
+                        let state = admitted::<S, Req, C, P, F, B>(this.parts, service, request);
                         this.state.set(state);
                         continue;
                     }
-                    Err(e) => match failed(e.into_stack_error(), this.classifier, this.operation) {
-                        Ok(to_fallback) => to_fallback,
-                        Err(e) => break Err(e),
-                    },
+                    Err(e) => failed(e.into_stack_error(), this.classifier, this.operation),
                 },
                 StateProj::Refused { error } => {
                     let error = error
                         .take()
                         .expect("palisade stack ResponseFuture polled after completion");
-                    match failed(error, this.classifier, this.operation) {
-                        Ok(to_fallback) => to_fallback,
-                        Err(e) => break Err(e),
-                    }
+                    failed(error, this.classifier, this.operation)
                 }
                 // The fallback is the user's code: outside the shared clock read.
                 StateProj::Fallback { future } => {
                     break ready!(crate::clock::outside(|| future.poll(cx)));
                 }
                 StateProj::Done => panic!("palisade stack ResponseFuture polled after completion"),
+            };
+            let (result, classification) = match to_fallback {
+                Ok(failure) => failure,
+                Err(e) => break Err(e),
             };
             let Some(operation) = this.operation else {
                 unreachable!("failures reach here only when there is a fallback");

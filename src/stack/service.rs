@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::NoReplay;
 use super::breakers::{Breakers, PerOperation};
 use super::fallback::{Fallback, NoFallback};
-use super::future::{CallState, Held, IntoStackError, ResponseFuture, State, running};
+use super::future::{CallState, Held, IntoStackError, ResponseFuture, State, admitted, running};
 use super::registry::{Registry, StackHandle};
 use super::select::{ByRequest, SelectOperation};
 use super::table::{Attempts, OperationService, OperationStack, Parts, StackMetrics, Table};
@@ -330,17 +330,9 @@ where
         let ready = mine.service.poll_ready(&mut cx);
         mark_start();
         match ready {
-            Poll::Ready(Ok(())) => match mine.service.take_ready() {
-                Ok(permit) => running::<S, Req, C, P, F, B>(
-                    parts,
-                    mine.service.get_mut().get_mut(),
-                    request,
-                    Held::Owned(permit),
-                ),
-                Err(full) => State::Refused {
-                    error: Some(Error::BulkheadFull(full)),
-                },
-            },
+            Poll::Ready(Ok(())) => {
+                admitted::<S, Req, C, P, F, B>(parts, &mut mine.service, request)
+            }
             Poll::Ready(Err(e)) => {
                 // A service whose readiness failed is not called again.
                 *local = None;
