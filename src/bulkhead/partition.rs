@@ -326,16 +326,11 @@ impl Partition {
 pub(crate) struct Permit(Arc<Partition>);
 
 impl Permit {
-    /// Wraps a permit already taken from `partition` (from `free` or the semaphore).
-    #[inline]
-    fn new(partition: Arc<Partition>) -> Self {
+    /// Wraps a permit a queued call got from the semaphore (counted as acquired here; the
+    /// lock-free path counts its own in [`Partition::try_take`]).
+    pub(crate) fn queued(partition: Arc<Partition>) -> Self {
         partition.metrics.acquired();
         Permit(partition)
-    }
-
-    /// Wraps a permit a queued call got from the semaphore.
-    pub(crate) fn queued(partition: Arc<Partition>) -> Self {
-        Permit::new(partition)
     }
 }
 
