@@ -29,9 +29,7 @@ pin_project! {
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F> {
-        // The limit in nanoseconds (saturating at 584 years), for the error: eight bytes
-        // less than a `Duration` in a future every outer layer moves. The deadline is the
-        // timer's (see `Timer`).
+        // The limit as `limit_nanos` stores it; the deadline is the timer's (see `Timer`).
         Running { #[pin] inner: F, kind: TimeoutKind, limit: u64 },
         Expired,
     }
@@ -46,11 +44,16 @@ pin_project! {
         timer: Timer,
         call: Listing,
         kind: TimeoutKind,
-        // The limit in nanoseconds (saturating at 584 years), for the error: eight bytes
-        // less than a `Duration` in a future every outer layer moves. The deadline is the
-        // timer's (see `Timer`).
+        // The limit as `limit_nanos` stores it; the deadline is the timer's (see `Timer`).
         limit: u64,
     }
+}
+
+/// A timeout's limit as its futures keep it, for the error: nanoseconds, saturating at 584
+/// years, eight bytes less than a `Duration` in a future every outer layer moves.
+#[inline]
+fn limit_nanos(limit: Duration) -> u64 {
+    u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX)
 }
 
 pin_project! {
@@ -125,7 +128,7 @@ impl Watch {
             timer: Timer::Unarmed { deadline },
             call: listing,
             kind,
-            limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            limit: limit_nanos(limit),
         }
     }
 
@@ -233,7 +236,7 @@ impl<F> ResponseFuture<F> {
             state: State::Running {
                 inner,
                 kind,
-                limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+                limit: limit_nanos(limit),
             },
             timer: Timer::Unarmed { deadline },
             call: listing,
