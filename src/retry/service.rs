@@ -23,18 +23,18 @@ use crate::error::Error;
 /// or any of its clones (kept once, shared by them), after the backoff and after that
 /// clone's readiness: the readied service stays here for the next call instead of moving
 /// into the future, so a call clones no service unless it is retried (changes made through
-/// [`get_mut`](Retry::get_mut) after the first call do not reach retries). Dropping the future at any point (during an attempt, a backoff or a
-/// readiness wait) drops the attempt in flight, the retry's service and the request copy;
-/// nothing else is held. A retry already taken from the budget is not given back.
+/// [`get_mut`](Retry::get_mut) after the first call do not reach retries). Dropping the
+/// future at any point (during an attempt, a backoff or a readiness wait) drops the attempt
+/// in flight, the retry's service and the request copy; nothing else is held. A retry
+/// already taken from the budget is not given back.
 ///
 /// # Cost
 ///
 /// The success path clones one shared `Arc` (tower's `Retry` clones the inner service
 /// instead, with every reference count in it), copies the request for a possible retry
 /// (`Replay`), counts the request in the budget (one relaxed add), and allocates nothing of
-/// its own. It reads the clock only if an attempt is
-/// not done at its first poll (to time the attempt), and on failures. `S::Error` need not be
-/// `Clone`.
+/// its own. It reads the clock only if an attempt is not done at its first poll (to time
+/// the attempt), and on failures. `S::Error` need not be `Clone`.
 pub struct Retry<S, C, P = CloneRequest> {
     inner: S,
     parts: Arc<Parts<S, C, P>>,
